@@ -1,0 +1,353 @@
+"""Configuration: a TOML file validated into frozen pydantic models.
+
+Every problem in a file is reported at once, each with its TOML key path, so an
+operator can fix a file in one pass; no input ever produces a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_interface
+from typing import Annotated, Any, Iterable, Literal
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      ValidationError, ValidationInfo, model_validator)
+
+__all__ = ["Config", "ConfigError", "DaemonConfig", "Duration", "EqualizerConfig",
+           "Problem", "SlaveConfig", "load_config", "parse_config"]
+
+Loc = tuple[str | int, ...]
+_MAX_DURATION = 86400.0  # a day: anything longer is surely a typo, not a debounce
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)")
+_DURATION_FORMS = 'expected a duration such as "250ms", "2s", "1.5s", "1m", or a number of seconds'
+_TEQL_RE = re.compile(r"teql(0|[1-9][0-9]*)")  # the names sch_teql gives its devices
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _q(v: object) -> str:
+    """Show a value roughly as TOML writes it ("a", true); dates fall back to str()."""
+    return json.dumps(v, ensure_ascii=False, default=str)
+
+
+def _parse_duration(v: object) -> float:
+    if isinstance(v, str):
+        if not (m := _DURATION_RE.fullmatch(v)):
+            raise ValueError(f"invalid duration {_q(v)}: {_DURATION_FORMS}")
+        seconds = float(m[1]) * _UNITS[m[2]]
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        if not math.isfinite(v) or v < 0:
+            what = "negative" if v < 0 else "not a finite number"
+            raise ValueError(f"invalid duration {v} ({what}): {_DURATION_FORMS}")
+        seconds = float(v)
+    else:
+        raise ValueError(f"{_DURATION_FORMS}, got {_toml_type(v)}")
+    if seconds > _MAX_DURATION:
+        raise ValueError(f"duration {v} is longer than the maximum of 1 day (86400s)")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(_parse_duration)]
+"""Seconds, written as "250ms", "2s", "1.5s", "1m" or a plain non-negative number."""
+
+
+def _check_ifname(name: str) -> str:
+    # The kernel's dev_valid_name(): IFNAMSIZ is 16 bytes including the NUL.
+    size = len(name.encode("utf-8"))
+    if size == 0:
+        raise ValueError("interface name is empty")
+    if size > 15:
+        raise ValueError(f"interface name {_q(name)} is {size} bytes long; Linux allows at most 15")
+    if name in (".", ".."):
+        raise ValueError(f"{_q(name)} is not a valid interface name")
+    if any(c in "/:\0" or c.isspace() for c in name):
+        raise ValueError(f"interface name {_q(name)} contains a character Linux forbids "
+                         "('/', ':', whitespace or NUL)")
+    return name
+
+
+def _check_slave_name(name: str) -> str:
+    _check_ifname(name)
+    if re.fullmatch(r"teql[0-9]+", name):
+        raise ValueError(f"{_q(name)} is named like a teql device; a slave must be a real interface")
+    return name
+
+
+def _check_equalizer_name(name: str) -> str:
+    if not _TEQL_RE.fullmatch(name):
+        raise ValueError(f"equalizer name {_q(name)} is not a teql device name "
+                         "(teql0, teql1, ...: the names sch_teql creates)")
+    return name
+
+
+def _no_duplicates(names: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+    # parse_config's cross-check reports duplicates by index, even when other items are bad.
+    if not (info.context or {}).get("cross_checked") and len(set(names)) < len(names):
+        raise ValueError("a slave is listed more than once")
+    return names
+
+
+def _parse_address(v: object) -> object:
+    if v is None or isinstance(v, IPv4Interface):
+        return v
+    if not isinstance(v, str):
+        raise ValueError(f'expected an address with prefix such as "10.0.0.0/31", got {_toml_type(v)}')
+    if "/" not in v:
+        raise ValueError(f'{_q(v)} has no prefix length; write it like "10.0.0.0/31"')
+    try:
+        addr = ip_interface(v)
+    except ValueError:
+        raise ValueError(f'{_q(v)} is not an address with prefix such as "10.0.0.0/31"') from None
+    if not isinstance(addr, IPv4Interface):
+        raise ValueError(f"{_q(v)} is not an IPv4 address; teql devices here carry IPv4 only")
+    return addr
+
+
+def _parse_rp_filter(v: object) -> object:
+    # TOML has no null, so "leave the sysctl alone" is spelled "unmanaged".
+    if v == "unmanaged":
+        return None
+    if isinstance(v, int) and not isinstance(v, bool) and v in (0, 1, 2):
+        return v
+    raise ValueError(f'rp_filter must be 0 (off), 1 (strict), 2 (loose) or "unmanaged", not {_q(v)}')
+
+
+def _check_listen(v: str) -> str:
+    if v == "":
+        return v  # metrics disabled
+    forms = 'expected "host:port", "[ipv6]:port", or "" to disable'
+    host, sep, port = v.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{_q(v)}: {forms}")
+    if host.startswith("["):
+        try:
+            IPv6Address(host[1:-1] if host.endswith("]") else "!")
+        except ValueError:
+            raise ValueError(f"{_q(host)} is not a bracketed IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"{_q(v)}: an IPv6 address must be in brackets, like \"[::1]:9783\"")
+    elif not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise ValueError(f"{_q(host)} is not a valid host name or IPv4 address")
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{_q(v)}: the port must be a number from 1 to 65535")
+    return v
+
+
+class SlaveConfig(BaseModel):
+    """Per-slave settings ([slaves.<name>]); both delays debounce carrier flaps."""
+
+    model_config = _STRICT
+    up_delay: Duration = 0.0  # carrier must stay up this long before re-slaving
+    down_delay: Duration = 0.0  # carrier must stay down this long before detaching
+
+
+class EqualizerConfig(BaseModel):
+    """One teql device ([equalizers.teqlN]) and how to keep it usable."""
+
+    model_config = _STRICT
+    slaves: Annotated[tuple[Annotated[str, AfterValidator(_check_slave_name)], ...],
+                      # TOML arrays arrive as lists, which strict mode refuses for a tuple.
+                      BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v),
+                      Field(min_length=1),
+                      AfterValidator(_no_duplicates)]
+    address: Annotated[IPv4Interface | None, BeforeValidator(_parse_address)] = None
+    default_route: bool = True
+    route_metric: Annotated[int, Field(ge=0, le=4294967295)] = 0
+    route_table: Annotated[int, Field(ge=1, le=4294967295)] = 254  # 254 is "main"
+    rp_filter: Annotated[int | None, BeforeValidator(_parse_rp_filter)] = 0  # None: unmanaged
+
+
+class DaemonConfig(BaseModel):
+    """Daemon-wide settings ([daemon])."""
+
+    model_config = _STRICT
+    metrics_listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:9783"
+    log_level: Literal["debug", "info", "notice", "warning", "error"] = "info"
+
+
+class Config(BaseModel):
+    """The whole file. Build it with parse_config() or load_config()."""
+
+    model_config = _STRICT
+    daemon: DaemonConfig = DaemonConfig()
+    equalizers: Annotated[dict[Annotated[str, AfterValidator(_check_equalizer_name)],
+                               EqualizerConfig], Field(min_length=1)]
+    slaves: dict[str, SlaveConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> Config:
+        # parse_config already ran these checks on the raw document (with paths).
+        if not (info.context or {}).get("cross_checked"):
+            found = _cross_check(self.model_dump())
+            if found:
+                raise ValueError("; ".join(f"{_format_loc(loc)}: {msg}" for loc, msg in found))
+        return self
+
+    def slave(self, name: str) -> SlaveConfig:
+        """Settings of slave `name`, or the defaults if it has no [slaves.<name>] table."""
+        return self.slaves.get(name, SlaveConfig())
+
+    def equalizer_of(self, slave: str) -> str | None:
+        """Name of the equalizer that lists `slave`, or None."""
+        return next((eq for eq, cfg in self.equalizers.items() if slave in cfg.slaves), None)
+
+
+def _cross_check(raw: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """Checks spanning several tables. Runs on the raw document, so it must
+    tolerate any shape, and its findings join pydantic's instead of waiting for them."""
+    found: list[tuple[Loc, str]] = []
+    equalizers = raw.get("equalizers")
+    owner: dict[str, str] = {}
+    addresses: dict[IPv4Address, str] = {}
+    for eq, table in (equalizers.items() if isinstance(equalizers, dict) else ()):
+        if not isinstance(table, dict):
+            continue
+        slaves = table.get("slaves")
+        seen: dict[str, int] = {}
+        for i, name in enumerate(slaves if isinstance(slaves, (list, tuple)) else ()):
+            if not isinstance(name, str):
+                continue
+            loc = ("equalizers", eq, "slaves", i)
+            if name in seen:
+                found.append((loc, f"{_q(name)} is already listed at slaves[{seen[name]}]"))
+            elif owner.setdefault(name, eq) != eq:
+                found.append((loc, f"{_q(name)} is already a slave of {owner[name]}; "
+                                   "a slave can belong to one equalizer only"))
+            seen.setdefault(name, i)
+        try:
+            addr = _parse_address(table.get("address"))
+        except ValueError:
+            continue  # reported by pydantic
+        if isinstance(addr, IPv4Interface):
+            if addresses.setdefault(addr.ip, eq) != eq:
+                found.append((("equalizers", eq, "address"),
+                              f"{addr.ip} is also the address of {addresses[addr.ip]}"))
+    slave_tables = raw.get("slaves")
+    for name in (slave_tables if isinstance(slave_tables, dict) else ()):
+        if name not in owner:
+            found.append((("slaves", name), f"{_q(name)} is not a slave of any equalizer"))
+    return found
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a configuration: its key path ("" for the whole file) and what is wrong."""
+
+    path: str
+    message: str
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; str() is the report for the operator."""
+
+    def __init__(self, source: str, problems: Iterable[Problem]) -> None:
+        self.source = source
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__(source, self.problems)
+
+    def __str__(self) -> str:
+        n = len(self.problems)
+        lines = [f"{self.source}: {n} problem{'' if n == 1 else 's'}"]
+        lines += [f"  {p.path}: {p.message}" if p.path else f"  {p.message}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "[key]":  # pydantic's marker for an invalid dict key: the key is the path
+            out += ("." if out else "") + (part if _BARE_KEY_RE.fullmatch(part) else _q(part))
+    return out
+
+
+def _toml_type(v: object) -> str:
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a float"),
+                       (str, "a string"), (list, "an array"), (dict, "a table")):
+        if isinstance(v, kind):
+            return name
+    return "a date/time"
+
+
+_EXPECTED = {"bool_type": "true or false", "int_type": "an integer", "float_type": "a number",
+             "string_type": "a string", "dict_type": "a table", "model_type": "a table",
+             "tuple_type": "an array", "list_type": "an array"}
+_FIXED = {"missing": "required key is missing", "extra_forbidden": "unknown key",
+          "too_short": "must not be empty"}
+
+
+def _message(err: Any) -> str:
+    """Plain English for one pydantic error: no URLs, no "Value error," prefix."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_toml_type(err['input'])}"
+    if kind in _FIXED:
+        return _FIXED[kind]
+    if kind in ("greater_than_equal", "less_than_equal"):
+        least = kind == "greater_than_equal"
+        return f"must be at {'least' if least else 'most'} {ctx['ge' if least else 'le']}, not {err['input']}"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected'].replace(chr(39), chr(34))}, not {_q(err['input'])}"
+    return str(err["msg"])
+
+
+def _position(raw: Any, loc: Loc) -> list[int]:
+    """Where `loc` sits in the document, so problems are listed in file order."""
+    key = []
+    for part in loc:
+        if isinstance(raw, dict) and part in raw:
+            key.append(list(raw).index(part))
+            raw = raw[part]
+        elif isinstance(raw, list) and isinstance(part, int) and part < len(raw):
+            key.append(part)
+            raw = raw[part]
+        elif part != "[key]":
+            key.append(1 << 30)  # missing keys go after what is there
+            raw = None
+    return key
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Parse and validate TOML text; raises ConfigError listing every problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [Problem("", f"TOML syntax error: {e}")]) from None
+    except RecursionError:
+        raise ConfigError(source, [Problem("", "TOML syntax error: nested too deeply")]) from None
+    found = _cross_check(raw)
+    try:
+        config = Config.model_validate(raw, context={"cross_checked": True})
+        if not found:
+            return config
+    except ValidationError as e:
+        found += [(tuple(err["loc"]), _message(err)) for err in e.errors()]
+    found.sort(key=lambda f: _position(raw, f[0]))
+    problems = dict.fromkeys(Problem(_format_loc(loc), msg) for loc, msg in found)
+    raise ConfigError(source, problems)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, parse and validate a configuration file; raises only ConfigError."""
+    source = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError(source, [Problem("", "file not found")]) from None
+    except OSError as e:
+        raise ConfigError(source, [Problem("", f"cannot read the file: {e.strerror or e}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(source, [Problem("", f"not UTF-8 text (bad byte at offset {e.start})")]) from None
+    return parse_config(text, source)
