@@ -1,0 +1,171 @@
+"""Actions: the kernel changes the core asks for.
+
+Each action is a small frozen value. `command()` renders the equivalent
+iproute2/sysctl command line, which is what `wanbalanced plan` prints and what
+the daemon logs before every kernel write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv4Network
+
+from .observed import RT_TABLE_MAIN
+
+
+def _table(table: int) -> str:
+    return "" if table == RT_TABLE_MAIN else f" table {table}"
+
+
+def _metric(metric: int) -> str:
+    return "" if metric == 0 else f" metric {metric}"
+
+
+def sysctl_ifname(name: str) -> str:
+    """sysctl(8) writes a '.' inside a device name as '/' (eth0.100 -> eth0/100)."""
+    return name.replace(".", "/")
+
+
+@dataclass(frozen=True)
+class Action:
+    """Base of all actions. `reason` says why, for the log."""
+
+    reason: str
+
+    @property
+    def device(self) -> str:
+        raise NotImplementedError
+
+    def command(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Attach(Action):
+    """Make the equalizer the slave's root qdisc.
+
+    `replace` is needed when another explicit qdisc is root: `tc qdisc add`
+    only displaces the kernel's default qdisc (handle 0).
+    """
+
+    equalizer: str
+    slave: str
+    index: int
+    replace: bool = False
+
+    @property
+    def device(self) -> str:
+        return self.slave
+
+    def command(self) -> str:
+        verb = "replace" if self.replace else "add"
+        return f"tc qdisc {verb} dev {self.slave} root {self.equalizer}"
+
+
+@dataclass(frozen=True)
+class Detach(Action):
+    """Remove the equalizer from the slave. Naming the kind makes it safe: the
+    kernel refuses (EINVAL) if the root qdisc has meanwhile become another one."""
+
+    equalizer: str
+    slave: str
+    index: int
+
+    @property
+    def device(self) -> str:
+        return self.slave
+
+    def command(self) -> str:
+        return f"tc qdisc del dev {self.slave} root {self.equalizer}"
+
+
+@dataclass(frozen=True)
+class LinkUp(Action):
+    name: str
+    index: int
+
+    @property
+    def device(self) -> str:
+        return self.name
+
+    def command(self) -> str:
+        return f"ip link set {self.name} up"
+
+
+@dataclass(frozen=True)
+class AddAddress(Action):
+    """Add the equalizer's local address with noprefixroute, so the kernel never
+    creates the connected route the seed deletes by hand."""
+
+    name: str
+    index: int
+    address: IPv4Interface
+
+    @property
+    def device(self) -> str:
+        return self.name
+
+    def command(self) -> str:
+        return f"ip addr add {self.address.with_prefixlen} dev {self.name} noprefixroute"
+
+
+@dataclass(frozen=True)
+class DeleteConnectedRoute(Action):
+    name: str
+    index: int
+    dst: IPv4Network
+    table: int = RT_TABLE_MAIN
+
+    @property
+    def device(self) -> str:
+        return self.name
+
+    def command(self) -> str:
+        return (
+            f"ip route del {self.dst.with_prefixlen} dev {self.name}"
+            f" proto kernel scope link{_table(self.table)}"
+        )
+
+
+@dataclass(frozen=True)
+class ReplaceDefaultRoute(Action):
+    name: str
+    index: int
+    metric: int
+    table: int
+
+    @property
+    def device(self) -> str:
+        return self.name
+
+    def command(self) -> str:
+        return f"ip route replace default dev {self.name}{_metric(self.metric)}{_table(self.table)}"
+
+
+@dataclass(frozen=True)
+class DeleteDefaultRoute(Action):
+    name: str
+    index: int
+    metric: int
+    table: int
+
+    @property
+    def device(self) -> str:
+        return self.name
+
+    def command(self) -> str:
+        return f"ip route del default dev {self.name}{_metric(self.metric)}{_table(self.table)}"
+
+
+@dataclass(frozen=True)
+class SetRpFilter(Action):
+    name: str
+    index: int
+    value: int
+
+    @property
+    def device(self) -> str:
+        return self.name
+
+    def command(self) -> str:
+        return f"sysctl -w net.ipv4.conf.{sysctl_ifname(self.name)}.rp_filter={self.value}"

@@ -1,0 +1,212 @@
+"""The observed kernel state: a cache fed only by netlink dumps and events.
+
+Everything here is plain data with no I/O, so the core can be tested without a
+kernel. The netlink edge (`wanbalanced.netlink`) parses messages into these
+types and applies them with the methods of `Snapshot`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface, IPv4Network
+
+# Interface flags from <linux/if.h>.
+IFF_UP = 0x1
+IFF_BROADCAST = 0x2
+IFF_POINTOPOINT = 0x10
+IFF_NOARP = 0x80
+IFF_MULTICAST = 0x1000
+IFF_LOWER_UP = 0x10000
+
+# Address flag: the kernel adds no prefix (connected) route for the address.
+IFA_F_NOPREFIXROUTE = 0x200
+
+RT_TABLE_MAIN = 254
+RT_TABLE_LOCAL = 255
+RTPROT_KERNEL = 2
+RT_SCOPE_LINK = 253
+RTN_UNICAST = 1
+
+
+@dataclass(frozen=True)
+class Qdisc:
+    """A device's root qdisc. `handle` 0 means the kernel's default one."""
+
+    kind: str
+    handle: int
+
+
+@dataclass(frozen=True)
+class Link:
+    """One network device as the kernel reports it."""
+
+    index: int
+    name: str
+    flags: int
+    carrier: bool
+    mtu: int
+    kind: str | None = None
+    qdisc: Qdisc | None = None
+    # IPv4 rp_filter of this device, read from /proc (None: not known).
+    rp_filter: int | None = None
+
+    @property
+    def admin_up(self) -> bool:
+        return bool(self.flags & IFF_UP)
+
+    @property
+    def has_carrier(self) -> bool:
+        """Usable for traffic: administratively up with the lower layer up.
+
+        IFLA_CARRIER alone stays 1 on some drivers while the device is down, so
+        both are required (as `ip link` shows LOWER_UP only on a running device).
+        """
+        return self.admin_up and self.carrier
+
+    def attached_to(self, master: str) -> bool:
+        """True when `master` (e.g. "teql0") is this device's root qdisc."""
+        return self.qdisc is not None and self.qdisc.kind == master
+
+
+@dataclass(frozen=True)
+class Address:
+    """An IPv4 address on a device."""
+
+    index: int
+    interface: IPv4Interface
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class Route:
+    """An IPv4 unicast route; only the fields wanbalanced reasons about."""
+
+    table: int
+    dst: IPv4Network
+    priority: int
+    oif: int | None
+    gateway: str | None = None
+    proto: int = 0
+    scope: int = 0
+    tos: int = 0
+
+    @property
+    def fib_key(self) -> tuple[int, IPv4Network, int, int]:
+        """What the kernel's FIB considers the same route for `replace`."""
+        return (self.table, self.dst, self.priority, self.tos)
+
+    @property
+    def is_default(self) -> bool:
+        return self.dst.prefixlen == 0
+
+
+DEFAULT_DST = IPv4Network("0.0.0.0/0")
+
+
+@dataclass
+class Snapshot:
+    """The kernel as last seen: links, IPv4 addresses and the routes of interest.
+
+    Routes are filtered to default routes and routes through teql devices, so a
+    router holding a full BGP table does not cost memory here.
+    """
+
+    links: dict[int, Link] = field(default_factory=dict)
+    addresses: set[Address] = field(default_factory=set)
+    routes: set[Route] = field(default_factory=set)
+    # net.ipv4.conf.all.rp_filter: the effective value is max(all, device).
+    all_rp_filter: int | None = None
+
+    def link(self, name: str) -> Link | None:
+        for link in self.links.values():
+            if link.name == name:
+                return link
+        return None
+
+    def teql_devices(self) -> list[str]:
+        return sorted(
+            (l.name for l in self.links.values() if is_teql_name(l.name)),
+            key=lambda n: int(n[4:]),
+        )
+
+    def addresses_of(self, index: int) -> list[Address]:
+        return [a for a in self.addresses if a.index == index]
+
+    def routes_via(self, index: int) -> list[Route]:
+        return [r for r in self.routes if r.oif == index]
+
+    def default_routes(self, table: int) -> list[Route]:
+        return [r for r in self.routes if r.table == table and r.is_default]
+
+    # -- updates, from events or from our own successful writes --------------
+
+    def put_link(self, link: Link) -> None:
+        old = self.links.get(link.index)
+        if old is not None:
+            if link.qdisc is None:
+                link = dataclasses.replace(link, qdisc=old.qdisc)
+            if link.rp_filter is None:
+                link = dataclasses.replace(link, rp_filter=old.rp_filter)
+            if old.admin_up and not link.admin_up:
+                # Kernel quirk: IPv4 routes through a device that goes down are
+                # flushed without any RTM_DELROUTE notification.
+                self.routes = {r for r in self.routes if r.oif != link.index}
+        self.links[link.index] = link
+
+    def drop_link(self, index: int) -> None:
+        # Deleting a device destroys its qdiscs, addresses and routes, and the
+        # kernel notifies none of the routes' removal.
+        self.links.pop(index, None)
+        self.addresses = {a for a in self.addresses if a.index != index}
+        self.routes = {r for r in self.routes if r.oif != index}
+
+    def put_qdisc(self, index: int, qdisc: Qdisc | None) -> None:
+        link = self.links.get(index)
+        if link is not None:
+            self.links[index] = dataclasses.replace(link, qdisc=qdisc)
+
+    def set_rp_filter(self, index: int, value: int | None) -> None:
+        link = self.links.get(index)
+        if link is not None:
+            self.links[index] = dataclasses.replace(link, rp_filter=value)
+
+    def put_address(self, address: Address) -> None:
+        self.addresses = {
+            a for a in self.addresses
+            if (a.index, a.interface) != (address.index, address.interface)
+        }
+        self.addresses.add(address)
+
+    def drop_address(self, address: Address) -> None:
+        self.addresses = {
+            a for a in self.addresses
+            if (a.index, a.interface) != (address.index, address.interface)
+        }
+
+    def wants_route(self, route: Route) -> bool:
+        """Whether a route is of interest (and so kept in the cache)."""
+        if route.table == RT_TABLE_LOCAL:
+            return False
+        if route.is_default:
+            return True
+        link = self.links.get(route.oif) if route.oif is not None else None
+        return link is not None and is_teql_name(link.name)
+
+    def put_route(self, route: Route, replace: bool = False) -> None:
+        if not self.wants_route(route):
+            return
+        if replace:
+            self.routes = {r for r in self.routes if r.fib_key != route.fib_key}
+        self.routes.add(route)
+
+    def drop_route(self, route: Route) -> None:
+        self.routes = {
+            r for r in self.routes
+            if (r.fib_key, r.oif, r.gateway) != (route.fib_key, route.oif, route.gateway)
+        }
+
+
+def is_teql_name(name: str) -> bool:
+    """teqlN, as sch_teql names its devices."""
+    return name.startswith("teql") and name[4:].isdigit()

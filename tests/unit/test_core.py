@@ -1,0 +1,276 @@
+"""The pure core: observed state + config -> transitions and actions."""
+
+from __future__ import annotations
+
+import errno
+from ipaddress import IPv4Interface, IPv4Network
+
+from kernelstate import config, converged, master, slave, snapshot
+
+from wanbalanced.actions import (
+    AddAddress,
+    Attach,
+    DeleteConnectedRoute,
+    DeleteDefaultRoute,
+    Detach,
+    LinkUp,
+    ReplaceDefaultRoute,
+    SetRpFilter,
+)
+from wanbalanced.core import Core
+from wanbalanced.observed import IFF_POINTOPOINT, Address, Route
+from wanbalanced.slave import State
+
+
+def commands(core: Core, snap: object) -> list[str]:
+    return [a.command() for a in core.plan(snap).actions]  # type: ignore[arg-type]
+
+
+def test_fresh_kernel_plans_the_seed_steps_in_order() -> None:
+    snap = snapshot(master(), slave(10, "wan0", rp_filter=1), slave(11, "wan1", rp_filter=2))
+    core = Core(config(), 0.0)
+    core.observe(snap, 0.0)
+    assert commands(core, snap) == [
+        "sysctl -w net.ipv4.conf.wan0.rp_filter=0",
+        "sysctl -w net.ipv4.conf.wan1.rp_filter=0",
+        "tc qdisc add dev wan0 root teql0",
+        "tc qdisc add dev wan1 root teql0",
+        "ip link set teql0 up",
+        "ip addr add 10.0.0.0/31 dev teql0 noprefixroute",
+        "ip route replace default dev teql0",
+    ]
+
+
+def test_converged_kernel_needs_nothing_and_slaves_are_adopted() -> None:
+    snap = converged()
+    core = Core(config(), 0.0)
+    transitions = core.observe(snap, 0.0)
+    assert {t.slave: t.new for t in transitions} == {"wan0": State.UP, "wan1": State.UP}
+    plan = core.plan(snap)
+    assert plan.converged and not plan.faults
+
+
+def test_adoption_skips_up_delay() -> None:
+    # A working slave found attached is never detached to wait out up_delay.
+    cfg = config("""
+[equalizers.teql0]
+slaves = ["wan0", "wan1"]
+[slaves.wan0]
+up_delay = "5s"
+""")
+    snap = converged()
+    core = Core(cfg, 0.0)
+    core.observe(snap, 0.0)
+    assert core.machines["wan0"].state is State.UP
+    assert core.plan(snap).converged
+
+
+def test_carrier_loss_detaches_and_last_one_withdraws_route() -> None:
+    core = Core(config(), 0.0)
+    core.observe(converged(), 0.0)
+    snap = snapshot(
+        master(up=True), slave(10, "wan0", teql="teql0", carrier=False), slave(11, "wan1", teql="teql0", carrier=False),
+        address=True, default_route=True,
+    )
+    core.observe(snap, 1.0)
+    assert [type(a) for a in core.plan(snap).actions] == [Detach, Detach, DeleteDefaultRoute]
+    assert commands(core, snap)[-1] == "ip route del default dev teql0"
+
+
+def test_one_carrier_loss_keeps_route() -> None:
+    core = Core(config(), 0.0)
+    core.observe(converged(), 0.0)
+    snap = snapshot(master(up=True), slave(10, "wan0", teql="teql0", carrier=False), slave(11, "wan1", teql="teql0"),
+                    address=True, default_route=True)
+    core.observe(snap, 1.0)
+    assert commands(core, snap) == ["tc qdisc del dev wan0 root teql0"]
+
+
+def test_admin_down_counts_as_down() -> None:
+    core = Core(config(), 0.0)
+    snap = snapshot(master(up=True), slave(10, "wan0", up=False), slave(11, "wan1", teql="teql0"),
+                    address=True, default_route=True)
+    t = core.observe(snap, 0.0)
+    assert core.machines["wan0"].state is State.DOWN
+    assert any("administratively down" in x.reason for x in t)
+    assert core.plan(snap).converged
+
+
+def test_down_delay_defers_detach() -> None:
+    cfg = config("""
+[equalizers.teql0]
+slaves = ["wan0", "wan1"]
+[slaves.wan0]
+down_delay = "1s"
+""")
+    core = Core(cfg, 0.0)
+    core.observe(converged(), 0.0)
+    snap = snapshot(master(up=True), slave(10, "wan0", teql="teql0", carrier=False), slave(11, "wan1", teql="teql0"),
+                    default_route=True)
+    core.observe(snap, 10.0)
+    assert core.plan(snap).converged
+    assert core.next_deadline() == 11.0
+    core.observe(snap, 11.0)
+    assert commands(core, snap) == ["tc qdisc del dev wan0 root teql0"]
+
+
+def test_recreated_interface_is_reslaved_and_sysctl_reapplied() -> None:
+    core = Core(config(), 0.0)
+    core.observe(converged(), 0.0)
+    # pppd redial: wan1 deleted and created again with a new ifindex and the
+    # kernel's default rp_filter, no qdisc.
+    snap = snapshot(master(up=True), slave(10, "wan0", teql="teql0"), slave(42, "wan1", rp_filter=2),
+                    address=True, default_route=True)
+    transitions = core.observe(snap, 5.0)
+    assert [t.event.value for t in transitions] == ["vanished", "carrier_back", "timer"]
+    assert commands(core, snap) == ["sysctl -w net.ipv4.conf.wan1.rp_filter=0", "tc qdisc add dev wan1 root teql0"]
+    attach = core.plan(snap).actions[1]
+    assert isinstance(attach, Attach) and attach.index == 42
+
+
+def test_missing_slave_is_attached_when_it_appears() -> None:
+    core = Core(config(), 0.0)
+    snap = snapshot(master(up=True), slave(10, "wan0", teql="teql0"), address=True, default_route=True)
+    core.observe(snap, 0.0)
+    assert core.machines["wan1"].state is State.ABSENT
+    assert core.plan(snap).converged
+    snap.put_link(slave(11, "wan1"))
+    core.observe(snap, 1.0)
+    assert commands(core, snap) == ["tc qdisc add dev wan1 root teql0"]
+
+
+def test_explicit_other_root_qdisc_is_replaced() -> None:
+    core = Core(config(), 0.0)
+    snap = converged()
+    from wanbalanced.observed import Qdisc
+    snap.put_qdisc(10, Qdisc("htb", 0x10000))
+    core.observe(snap, 0.0)
+    assert commands(core, snap) == ["tc qdisc replace dev wan0 root teql0"]
+
+
+def test_no_default_route_without_attached_slave_and_master_up_follows_attach() -> None:
+    core = Core(config(), 0.0)
+    snap = snapshot(master(), slave(10, "wan0", carrier=False), slave(11, "wan1", carrier=False), address=True)
+    core.observe(snap, 0.0)
+    assert core.plan(snap).converged  # teql0 cannot go up with no slaves (EUNATCH)
+
+
+def test_connected_route_removed_and_expected_after_up() -> None:
+    core = Core(config(), 0.0)
+    snap = converged()
+    snap.put_route(Route(254, IPv4Network("10.0.0.0/31"), 0, 2, proto=2, scope=253))
+    core.observe(snap, 0.0)
+    assert commands(core, snap) == ["ip route del 10.0.0.0/31 dev teql0 proto kernel scope link"]
+    # An adopted address without noprefixroute on a down master: the route
+    # will appear as it comes up, so the plan deletes it right after.
+    snap = snapshot(master(), slave(10, "wan0"), slave(11, "wan1"))
+    snap.put_address(Address(2, IPv4Interface("10.0.0.0/31"), 0))
+    core = Core(config(), 0.0)
+    core.observe(snap, 0.0)
+    kinds = [type(a) for a in core.plan(snap).actions]
+    assert kinds == [Attach, Attach, LinkUp, DeleteConnectedRoute, ReplaceDefaultRoute]
+
+
+def test_route_clash_is_a_fault_not_a_replace() -> None:
+    core = Core(config(), 0.0)
+    snap = converged()
+    snap.routes.clear()
+    snap.put_route(Route(254, IPv4Network("0.0.0.0/0"), 0, 99, gateway="192.0.2.1"))
+    core.observe(snap, 0.0)
+    plan = core.plan(snap)
+    assert plan.converged
+    assert [f.key for f in plan.faults] == ["route_clash:teql0"]
+    assert "route_metric" in plan.faults[0].message
+
+
+def test_metric_and_table_are_used() -> None:
+    cfg = config("""
+[equalizers.teql0]
+slaves = ["wan0"]
+route_metric = 10
+route_table = 100
+""")
+    core = Core(cfg, 0.0)
+    snap = snapshot(master(up=True), slave(10, "wan0", teql="teql0"))
+    snap.put_route(Route(254, IPv4Network("0.0.0.0/0"), 0, 99, gateway="192.0.2.1"))  # other table: no clash
+    core.observe(snap, 0.0)
+    assert commands(core, snap) == ["ip route replace default dev teql0 metric 10 table 100"]
+
+
+def test_missing_module_and_too_few_equalizers_are_faults() -> None:
+    cfg = config("""
+[equalizers.teql1]
+slaves = ["wan0"]
+""")
+    core = Core(cfg, 0.0)
+    snap = snapshot(slave(10, "wan0"))
+    core.observe(snap, 0.0)
+    plan = core.plan(snap)
+    assert plan.converged
+    assert "sch_teql is not loaded" in plan.faults[0].message
+    assert "max_equalizers=2" in plan.faults[0].message
+    snap.put_link(master())
+    plan = core.plan(snap)
+    assert "teql1 does not exist: sch_teql was loaded with max_equalizers=1" in plan.faults[0].message
+
+
+def test_refusal_is_diagnosed_and_retried_only_after_a_change() -> None:
+    core = Core(config(), 0.0)
+    snap = snapshot(master(up=True), slave(10, "wan0", teql="teql0"), slave(11, "wan1", mtu=1400),
+                    address=True, default_route=True)
+    core.observe(snap, 0.0)
+    attach = core.plan(snap).actions[0]
+    assert isinstance(attach, Attach) and attach.slave == "wan1"
+    t, message = core.refused(attach, errno.EINVAL, snap, 1.0)
+    assert t is not None and t.new is State.REFUSED
+    assert message.startswith("wan1: teql0 refused the slave (EINVAL): its MTU 1400 is below teql0's 1500")
+    assert "ip link set wan1 mtu 1500" in message
+    core.observe(snap, 2.0)
+    plan = core.plan(snap)
+    assert plan.converged and [f.key for f in plan.faults] == ["refused:wan1"]
+    snap.put_link(slave(11, "wan1", mtu=1500))
+    core.observe(snap, 3.0)
+    assert commands(core, snap) == ["tc qdisc add dev wan1 root teql0"]
+
+
+def test_flag_mismatch_is_diagnosed() -> None:
+    from wanbalanced.core import diagnose_refusal
+    m = master(up=True, flags=IFF_POINTOPOINT)
+    s = slave(11, "wan1")
+    assert "teql0 is POINTOPOINT and wan1 is not" in diagnose_refusal("teql0", s, m, errno.EINVAL)
+
+
+def test_rp_filter_all_warns_and_unmanaged_is_left_alone() -> None:
+    core = Core(config(), 0.0)
+    snap = converged()
+    snap.all_rp_filter = 1
+    core.observe(snap, 0.0)
+    assert any("net.ipv4.conf.all.rp_filter=0" in f.message for f in core.plan(snap).faults)
+    cfg = config("""
+[equalizers.teql0]
+slaves = ["wan0", "wan1"]
+rp_filter = "unmanaged"
+""")
+    core = Core(cfg, 0.0)
+    snap = converged()
+    snap.put_link(slave(10, "wan0", teql="teql0", rp_filter=1))
+    core.observe(snap, 0.0)
+    assert not any(isinstance(a, SetRpFilter) for a in core.plan(snap).actions)
+
+
+def test_plan_ignores_delays_when_asked() -> None:
+    cfg = config("""
+[equalizers.teql0]
+slaves = ["wan0"]
+[slaves.wan0]
+up_delay = "30s"
+""")
+    snap = snapshot(master(), slave(10, "wan0"))
+    daemon_core = Core(cfg, 0.0)
+    daemon_core.observe(snap, 0.0)
+    assert commands(daemon_core, snap) == []
+    plan_core = Core(cfg, 0.0, honour_delays=False)
+    plan_core.observe(snap, 0.0)
+    assert commands(plan_core, snap)[:2] == ["tc qdisc add dev wan0 root teql0", "ip link set teql0 up"]
+    assert isinstance(plan_core.plan(snap).actions[-1], ReplaceDefaultRoute)
+    assert not any(isinstance(a, AddAddress) for a in plan_core.plan(snap).actions)
