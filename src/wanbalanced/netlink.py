@@ -1,0 +1,322 @@
+"""The thin netlink edge: dumps, events and writes through pyroute2's asyncio API.
+
+Parsing is done by pure functions (`parse_*`) that tests feed canned messages;
+`Kernel` owns the two sockets. One socket is bound to the multicast groups and
+only listens; the other only makes requests, because one socket shared for
+both fails on concurrent dumps (EBUSY) and hands late error replies of
+cancelled requests to the listener.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from ipaddress import IPv4Interface, IPv4Network
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import (
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_LINK,
+    RTMGRP_TC,
+)
+
+from .actions import (
+    Action,
+    AddAddress,
+    Attach,
+    DeleteConnectedRoute,
+    DeleteDefaultRoute,
+    Detach,
+    LinkUp,
+    ReplaceDefaultRoute,
+    SetRpFilter,
+    sysctl_ifname,
+)
+from .observed import (
+    DEFAULT_DST,
+    IFA_F_NOPREFIXROUTE,
+    IFF_UP,
+    RTN_UNICAST,
+    Address,
+    Link,
+    Qdisc,
+    Route,
+    Snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+TC_H_ROOT = 0xFFFFFFFF
+NLM_F_REPLACE = 0x100
+GROUPS = RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+PROC_CONF = "/proc/sys/net/ipv4/conf"
+# Room for an event storm: thousands of flaps queue here rather than overrun.
+RCVBUF = 8 * 1024 * 1024
+SO_RCVBUFFORCE = 33
+
+Msg = Any  # a pyroute2 nlmsg: dict-like with get_attr()
+
+
+class KernelError(Exception):
+    """A kernel write failed; `errno` is the kernel's answer."""
+
+    def __init__(self, action: Action, code: int, detail: str = "") -> None:
+        self.action = action
+        self.errno = code
+        self.detail = detail
+        super().__init__(f"{action.command()}: {detail or os.strerror(code)}")
+
+
+# -- pure parsers -------------------------------------------------------------
+
+
+def parse_link(msg: Msg) -> Link:
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    carrier = msg.get_attr("IFLA_CARRIER")
+    flags = int(msg["flags"])
+    return Link(
+        index=int(msg["index"]),
+        name=str(msg.get_attr("IFLA_IFNAME")),
+        flags=flags,
+        # Older kernels omit IFLA_CARRIER; IFF_LOWER_UP says the same.
+        carrier=bool(carrier) if carrier is not None else bool(flags & 0x10000),
+        mtu=int(msg.get_attr("IFLA_MTU") or 0),
+        kind=kind,
+    )
+
+
+def parse_root_qdisc(msg: Msg) -> tuple[int, Qdisc] | None:
+    """(ifindex, qdisc) for a root qdisc message; None for any other qdisc."""
+    if msg["parent"] != TC_H_ROOT:
+        return None
+    return int(msg["index"]), Qdisc(str(msg.get_attr("TCA_KIND")), int(msg["handle"]))
+
+
+def parse_address(msg: Msg) -> Address | None:
+    if msg["family"] != socket.AF_INET:
+        return None
+    local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    if local is None:
+        return None
+    flags = msg.get_attr("IFA_FLAGS")
+    return Address(
+        index=int(msg["index"]),
+        interface=IPv4Interface(f"{local}/{msg['prefixlen']}"),
+        flags=int(flags if flags is not None else msg["flags"]),
+    )
+
+
+def parse_route(msg: Msg) -> Route | None:
+    if msg["family"] != socket.AF_INET or msg["type"] != RTN_UNICAST:
+        return None
+    dst = msg.get_attr("RTA_DST")
+    table = msg.get_attr("RTA_TABLE")
+    return Route(
+        table=int(table if table is not None else msg["table"]),
+        dst=IPv4Network(f"{dst}/{msg['dst_len']}") if dst else DEFAULT_DST,
+        priority=int(msg.get_attr("RTA_PRIORITY") or 0),
+        oif=msg.get_attr("RTA_OIF"),  # None for multipath routes
+        gateway=msg.get_attr("RTA_GATEWAY"),
+        proto=int(msg["proto"]),
+        scope=int(msg["scope"]),
+        tos=int(msg["tos"]),
+    )
+
+
+def apply_event(snap: Snapshot, msg: Msg) -> bool:
+    """Update the snapshot from one event. Returns False for messages ignored."""
+    event = msg.get("event")
+    if event == "RTM_NEWLINK":
+        link = parse_link(msg)
+        known = snap.links.get(link.index)
+        snap.put_link(link)
+        if known is None or known.name != link.name:
+            snap.set_rp_filter(link.index, read_rp_filter(link.name))
+    elif event == "RTM_DELLINK":
+        snap.drop_link(int(msg["index"]))
+    elif event in ("RTM_NEWQDISC", "RTM_DELQDISC"):
+        parsed = parse_root_qdisc(msg)
+        if parsed is None:
+            return False
+        index, qdisc = parsed
+        if event == "RTM_NEWQDISC":
+            snap.put_qdisc(index, qdisc)
+        else:
+            current = snap.links.get(index)
+            # The default qdisc the kernel grafts back after a delete is not
+            # announced; only forget the root if it is the one deleted.
+            if current is not None and current.qdisc is not None and current.qdisc.kind == qdisc.kind:
+                snap.put_qdisc(index, None)
+    elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
+        address = parse_address(msg)
+        if address is None:
+            return False
+        if event == "RTM_NEWADDR":
+            snap.put_address(address)
+        else:
+            snap.drop_address(address)
+    elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+        route = parse_route(msg)
+        if route is None:
+            return False
+        if event == "RTM_NEWROUTE":
+            snap.put_route(route, replace=bool(msg["header"]["flags"] & NLM_F_REPLACE))
+        else:
+            snap.drop_route(route)
+    else:
+        return False
+    return True
+
+
+def expect(snap: Snapshot, action: Action) -> None:
+    """Apply the known effect of a successful write before its event arrives,
+    so the next plan does not ask for it again."""
+    if isinstance(action, Attach):
+        snap.put_qdisc(action.index, Qdisc(action.equalizer, 0))
+    elif isinstance(action, Detach):
+        snap.put_qdisc(action.index, None)
+    elif isinstance(action, LinkUp):
+        link = snap.links.get(action.index)
+        if link is not None:
+            snap.put_link(dataclasses.replace(link, flags=link.flags | IFF_UP))
+    elif isinstance(action, AddAddress):
+        snap.put_address(Address(action.index, action.address, IFA_F_NOPREFIXROUTE))
+    elif isinstance(action, DeleteConnectedRoute):
+        snap.routes = {r for r in snap.routes if not (r.oif == action.index and r.dst == action.dst)}
+    elif isinstance(action, ReplaceDefaultRoute):
+        snap.put_route(Route(action.table, DEFAULT_DST, action.metric, action.index), replace=True)
+    elif isinstance(action, DeleteDefaultRoute):
+        snap.drop_route(Route(action.table, DEFAULT_DST, action.metric, action.index))
+    elif isinstance(action, SetRpFilter):
+        snap.set_rp_filter(action.index, action.value)
+
+
+# -- sysctl (there is no netlink write for it) -----------------------------------
+
+
+def read_rp_filter(name: str, root: str = PROC_CONF) -> int | None:
+    try:
+        with open(os.path.join(root, sysctl_ifname(name), "rp_filter")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def write_rp_filter(name: str, value: int, root: str = PROC_CONF) -> None:
+    with open(os.path.join(root, sysctl_ifname(name), "rp_filter"), "w") as f:
+        f.write(f"{value}\n")
+
+
+# -- the sockets -------------------------------------------------------------------
+
+
+class Kernel:
+    """Owns the netlink sockets: dump, listen, write."""
+
+    def __init__(self) -> None:
+        self._events: AsyncIPRoute | None = None
+        self._requests: AsyncIPRoute | None = None
+
+    async def open(self, listen: bool = True) -> None:
+        """Open both sockets; bind the listener before any dump so that no change
+        between the dump and the subscription is missed."""
+        self._requests = AsyncIPRoute()
+        if listen:
+            await self.resubscribe()
+
+    async def resubscribe(self) -> None:
+        if self._events is not None:
+            self._events.close()
+        self._events = AsyncIPRoute()
+        try:
+            # Past rmem_max; needs CAP_NET_ADMIN, which the daemon has anyway.
+            self._events.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except OSError as e:  # pragma: no cover - best effort
+            log.debug("could not raise the netlink receive buffer: %s", e)
+        await self._events.bind(groups=GROUPS)
+
+    def close(self) -> None:
+        for sock in (self._events, self._requests):
+            if sock is not None:
+                sock.close()
+        self._events = self._requests = None
+
+    @property
+    def _req(self) -> AsyncIPRoute:
+        assert self._requests is not None, "Kernel.open() first"
+        return self._requests
+
+    async def dump(self) -> Snapshot:
+        """A full snapshot of what the daemon reasons about."""
+        snap = Snapshot()
+        async for msg in await self._req.link("dump"):
+            link = parse_link(msg)
+            snap.put_link(dataclasses.replace(link, rp_filter=read_rp_filter(link.name)))
+        async for msg in await self._req.get_qdiscs():
+            parsed = parse_root_qdisc(msg)
+            if parsed is not None:
+                snap.put_qdisc(*parsed)
+        async for msg in await self._req.addr("dump", family=socket.AF_INET):
+            address = parse_address(msg)
+            if address is not None:
+                snap.put_address(address)
+        async for msg in await self._req.route("dump", family=socket.AF_INET):
+            route = parse_route(msg)
+            if route is not None:
+                snap.put_route(route)
+        snap.all_rp_filter = read_rp_filter("all")
+        return snap
+
+    async def events(self) -> AsyncIterator[Msg]:
+        """Every multicast message, forever. Raises OSError(ENOBUFS) on loss."""
+        assert self._events is not None, "Kernel.open() first"
+        while True:
+            # pyroute2's get() ends after one datagram.
+            async for msg in self._events.get():
+                yield msg
+
+    async def execute(self, action: Action) -> None:
+        """Perform one action; raise KernelError with the kernel's errno."""
+        try:
+            await self._execute(action)
+        except NetlinkError as e:
+            raise KernelError(action, e.code, str(e.args[1]) if len(e.args) > 1 else "") from None
+        except OSError as e:
+            raise KernelError(action, e.errno or errno.EIO, e.strerror or "") from None
+
+    async def _execute(self, a: Action) -> None:
+        r = self._req
+        if isinstance(a, Attach):
+            try:
+                await r.tc("replace" if a.replace else "add", a.equalizer, a.index, 0)
+            except NetlinkError as e:
+                # Attached meanwhile (by us or the operator): that is the goal.
+                if e.code != errno.EEXIST:
+                    raise
+        elif isinstance(a, Detach):
+            await r.tc("del", a.equalizer, a.index, 0)
+        elif isinstance(a, LinkUp):
+            await r.link("set", index=a.index, state="up")
+        elif isinstance(a, AddAddress):
+            await r.addr(
+                "add", index=a.index, address=str(a.address.ip),
+                prefixlen=a.address.network.prefixlen, flags=IFA_F_NOPREFIXROUTE,
+            )
+        elif isinstance(a, DeleteConnectedRoute):
+            await r.route("del", dst=a.dst.with_prefixlen, oif=a.index, table=a.table, proto=2, scope=253)
+        elif isinstance(a, ReplaceDefaultRoute):
+            await r.route("replace", dst="0.0.0.0/0", oif=a.index, priority=a.metric, table=a.table)
+        elif isinstance(a, DeleteDefaultRoute):
+            await r.route("del", dst="0.0.0.0/0", oif=a.index, priority=a.metric, table=a.table)
+        elif isinstance(a, SetRpFilter):
+            write_rp_filter(a.name, a.value)
+        else:  # pragma: no cover - every action type is handled above
+            raise TypeError(f"unknown action {a!r}")
