@@ -1,0 +1,123 @@
+"""The netlink edge's pure parts: canned pyroute2 messages -> snapshot updates."""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+from wanbalanced.actions import Attach, DeleteDefaultRoute, Detach, LinkUp, ReplaceDefaultRoute
+from wanbalanced.netlink import TC_H_ROOT, apply_event, expect, parse_link, read_rp_filter, write_rp_filter
+from wanbalanced.observed import IFF_LOWER_UP, IFF_UP, DEFAULT_DST, Qdisc, Route, Snapshot
+
+
+def link_msg(event: str, index: int, name: str, *, up: bool = True, carrier: bool = True, mtu: int = 1500) -> Any:
+    m = ifinfmsg()
+    m["index"], m["flags"], m["event"] = index, (IFF_UP if up else 0) | (IFF_LOWER_UP if carrier else 0), event
+    m["attrs"] = [("IFLA_IFNAME", name), ("IFLA_CARRIER", int(carrier)), ("IFLA_MTU", mtu)]
+    return m
+
+
+def qdisc_msg(event: str, index: int, kind: str, parent: int = TC_H_ROOT, handle: int = 0x80010000) -> Any:
+    m = tcmsg()
+    m["index"], m["parent"], m["handle"], m["event"] = index, parent, handle, event
+    m["attrs"] = [("TCA_KIND", kind)]
+    return m
+
+
+def route_msg(event: str, oif: int, *, dst: str | None = None, dst_len: int = 0, prio: int = 0,
+              flags: int = 0, table: int = 254) -> Any:
+    m = rtmsg()
+    m["family"], m["dst_len"], m["table"], m["type"], m["event"] = socket.AF_INET, dst_len, table, 1, event
+    m["proto"], m["scope"], m["tos"] = 3, 0, 0
+    m["header"] = {"flags": flags}
+    m["attrs"] = [("RTA_OIF", oif), ("RTA_PRIORITY", prio)] + ([("RTA_DST", dst)] if dst else [])
+    return m
+
+
+def test_link_events_track_carrier_and_deletion() -> None:
+    snap = Snapshot()
+    apply_event(snap, link_msg("RTM_NEWLINK", 3, "wan0"))
+    link = snap.link("wan0")
+    assert link is not None and link.has_carrier and link.mtu == 1500
+    apply_event(snap, link_msg("RTM_NEWLINK", 3, "wan0", carrier=False))
+    assert snap.link("wan0") is not None and not snap.link("wan0").has_carrier  # type: ignore[union-attr]
+    apply_event(snap, link_msg("RTM_DELLINK", 3, "wan0"))
+    assert snap.link("wan0") is None
+
+
+def test_carrier_without_admin_up_is_no_carrier() -> None:
+    assert not parse_link(link_msg("RTM_NEWLINK", 3, "wan0", up=False, carrier=True)).has_carrier
+
+
+def test_root_qdisc_events_and_non_root_ignored() -> None:
+    snap = Snapshot()
+    apply_event(snap, link_msg("RTM_NEWLINK", 3, "wan0"))
+    apply_event(snap, qdisc_msg("RTM_NEWQDISC", 3, "teql0"))
+    assert snap.links[3].attached_to("teql0")
+    assert not apply_event(snap, qdisc_msg("RTM_NEWQDISC", 3, "sfq", parent=0x10001))
+    assert snap.links[3].attached_to("teql0")
+    # A delete of another kind (a stale event) must not forget teql0.
+    apply_event(snap, qdisc_msg("RTM_DELQDISC", 3, "noqueue", handle=0))
+    assert snap.links[3].attached_to("teql0")
+    apply_event(snap, qdisc_msg("RTM_DELQDISC", 3, "teql0"))
+    assert snap.links[3].qdisc is None
+
+
+def test_link_update_keeps_qdisc_and_down_flushes_routes() -> None:
+    snap = Snapshot()
+    apply_event(snap, link_msg("RTM_NEWLINK", 2, "teql0"))
+    apply_event(snap, qdisc_msg("RTM_NEWQDISC", 2, "noqueue", handle=0))
+    apply_event(snap, route_msg("RTM_NEWROUTE", 2))
+    assert snap.default_routes(254)
+    apply_event(snap, link_msg("RTM_NEWLINK", 2, "teql0", carrier=False))
+    assert snap.links[2].qdisc == Qdisc("noqueue", 0)
+    assert snap.default_routes(254), "carrier loss does not remove routes"
+    # The kernel flushes routes of a downed device without telling anyone.
+    apply_event(snap, link_msg("RTM_NEWLINK", 2, "teql0", up=False))
+    assert not snap.default_routes(254)
+
+
+def test_routes_filtered_and_replaced() -> None:
+    snap = Snapshot()
+    apply_event(snap, link_msg("RTM_NEWLINK", 2, "teql0"))
+    apply_event(snap, link_msg("RTM_NEWLINK", 5, "eth0"))
+    apply_event(snap, route_msg("RTM_NEWROUTE", 5, dst="198.51.100.0", dst_len=24))
+    assert not snap.routes, "a plain route via eth0 is of no interest"
+    apply_event(snap, route_msg("RTM_NEWROUTE", 2, dst="10.0.0.0", dst_len=31))
+    assert snap.routes_via(2)[0].dst == IPv4Network("10.0.0.0/31")
+    apply_event(snap, route_msg("RTM_NEWROUTE", 5, prio=0))
+    apply_event(snap, route_msg("RTM_NEWROUTE", 2, prio=0, flags=0x100))  # replace
+    assert [r.oif for r in snap.default_routes(254)] == [2]
+    apply_event(snap, route_msg("RTM_DELROUTE", 2))
+    assert not snap.default_routes(254)
+
+
+def test_expect_applies_known_effects() -> None:
+    snap = Snapshot()
+    apply_event(snap, link_msg("RTM_NEWLINK", 2, "teql0", up=False))
+    apply_event(snap, link_msg("RTM_NEWLINK", 3, "wan0"))
+    expect(snap, Attach("r", "teql0", "wan0", 3))
+    assert snap.links[3].attached_to("teql0")
+    expect(snap, LinkUp("r", "teql0", 2))
+    assert snap.links[2].admin_up
+    expect(snap, ReplaceDefaultRoute("r", "teql0", 2, 0, 254))
+    assert snap.default_routes(254) == [Route(254, DEFAULT_DST, 0, 2)]
+    expect(snap, DeleteDefaultRoute("r", "teql0", 2, 0, 254))
+    expect(snap, Detach("r", "teql0", "wan0", 3))
+    assert not snap.default_routes(254) and not snap.links[3].attached_to("teql0")
+
+
+def test_rp_filter_roundtrip_and_dotted_names(tmp_path: Path) -> None:
+    (tmp_path / "eth0/100").mkdir(parents=True)
+    (tmp_path / "eth0/100/rp_filter").write_text("2\n")
+    assert read_rp_filter("eth0.100", str(tmp_path)) == 2
+    write_rp_filter("eth0.100", 0, str(tmp_path))
+    assert read_rp_filter("eth0.100", str(tmp_path)) == 0
+    assert read_rp_filter("nosuch", str(tmp_path)) is None
