@@ -1,0 +1,659 @@
+"""Guest-side helpers: a two-router topology around the real sch_teql.
+
+Runs INSIDE the UML lab guest (see ``lab/uml.py``) as root.  It drives and
+observes the network with iproute2 (``ip``, ``tc``) and ``ping``: the tests
+use them as an observer independent of the daemon under test.
+
+Topology::
+
+    router A (the guest's root netns)          router B (netns "rb")
+    teql0 10.0.0.0/31 (no connected route)
+      +- wan0 (veth, no address) <========> wan0p -- vrf0 (table 100)
+      +- wan1 (veth, no address) <========> wan1p -- vrf1 (table 101)
+      ...                                            192.0.2.1/32 on every vrfN
+    default dev teql0  (added by the daemon    10.0.0.0/31 dev wanNp table 100+N
+    or by hand)
+
+How traffic flows (measured in the guest, kernel 6.1):
+
+* A sends to 192.0.2.1 via ``default dev teql0``.  teql0 is NOARP, but
+  sch_teql resolves the next hop on the *slave* it picks round-robin
+  (``__teql_resolve``): it looks up the route's neighbour (the destination
+  itself, as the route has no gateway) in the slave's ARP table and ARPs for
+  it there.  A's ARP request carries the packet's source 10.0.0.0 (a local
+  address of A, on teql0).  So plain dynamic ARP works, no static neighbour
+  entries are needed: B answers ARP for 192.0.2.1 on every far end.
+* Each far end wanNp sits in its own VRF on B, and every VRF carries
+  192.0.2.1 and a route back to 10.0.0.0/31 out of its own wanNp.  So a
+  request that came in over line N is answered over line N: a line is a
+  symmetric, independent path, and a fault injected on line N (netem loss on
+  B's side, far end down) hits exactly the probes sent over line N.  (With a
+  single routing table B would answer every request over one hash-chosen
+  line, and netem on that line would break all of them.)
+* B answers A's ARP for 10.0.0.0 on wanN: A's wanN has no address, but
+  10.0.0.0 is local to A and ``arp_ignore`` is 0.
+* rp_filter is 0 on both routers (``all``, ``default`` and each line), since
+  replies to 10.0.0.0 arrive on wanN while A's route to 192.0.2.1 points to
+  teql0.  A *recreated* wanN gets A's ``default`` value (see
+  ``set_rp_filter``): re-applying its rp_filter is the daemon's job.
+* IPv6 is loaded (vrf needs it) but disabled on both routers unless
+  ``setup(ipv6=True)``, so that wanN's packet counters only count what the
+  tests send (no DAD, router solicitations, MLD reports).
+
+A far end going down (``far_down``) drops the carrier of wanN; the kernel's
+teql then skips wanN.  The VRF route on B dies with the far end, so
+``far_up`` adds it back.
+"""
+
+from __future__ import annotations
+
+import glob
+import ipaddress
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FAR_ADDR",
+    "LOCAL_ADDR",
+    "LOCAL_PREFIX",
+    "NS",
+    "Lab",
+    "addresses",
+    "address_info",
+    "attached",
+    "batch",
+    "default_route",
+    "in_lab",
+    "ip",
+    "ip_json",
+    "link",
+    "link_exists",
+    "ping",
+    "reset_teql",
+    "root_qdisc",
+    "routes",
+    "rp_filter",
+    "run",
+    "set_rp_filter",
+    "tc",
+    "teql_ko",
+    "teql_loaded",
+    "tx_packets",
+    "rx_packets",
+    "unload_teql",
+    "wait_until",
+]
+
+JSON = dict[str, Any]
+
+NS = "rb"  #: router B's network namespace
+FAR_ADDR = "192.0.2.1"  #: router B's test address, reached through teql0
+LOCAL_ADDR = "10.0.0.0"  #: router A's teql0 address (the seed's)
+LOCAL_PREFIX = "10.0.0.0/31"
+MASTER = "teql0"
+VRF_TABLE_BASE = 100
+
+_MOD_GLOB = "/usr/lib/uml/modules/*/"
+_TEQL_REL = "kernel/net/sched/sch_teql.ko"
+
+
+# --------------------------------------------------------------------------
+# running commands
+
+
+def run(
+    *args: str,
+    ns: str | None = None,
+    check: bool = True,
+    timeout: float = 30.0,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command (in netns ``ns`` if given); raise on failure if check.
+
+    Every process costs tens of milliseconds in the guest: batch when you
+    can (``batch``)."""
+    argv = list(args)
+    if ns is not None:
+        argv = ["ip", "netns", "exec", ns, *argv]
+    proc = subprocess.run(
+        argv,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            f"command failed ({proc.returncode}): {' '.join(argv)}\n"
+            f"{proc.stderr.strip()}"
+        )
+    return proc
+
+
+def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
+    """``ip [-n ns] ARGS...``; returns stdout."""
+    pre = ["-n", ns] if ns is not None else []
+    return run("ip", *pre, *args, check=check).stdout
+
+
+def tc(*args: str, ns: str | None = None, check: bool = True) -> str:
+    """``tc [-n ns] ARGS...``; returns stdout."""
+    pre = ["-n", ns] if ns is not None else []
+    return run("tc", *pre, *args, check=check).stdout
+
+
+def batch(
+    commands: Sequence[Sequence[str]],
+    *,
+    tool: str = "ip",
+    ns: str | None = None,
+    check: bool = True,
+) -> str:
+    """Run several ``ip`` (or ``tc``) commands in one process (``-batch``).
+
+    With check, the first failing command raises; without, all are tried
+    (``-force``) and failures are ignored.
+    """
+    if not commands:
+        return ""
+    pre = ["-n", ns] if ns is not None else []
+    flags = ["-batch", "-"] if check else ["-force", "-batch", "-"]
+    script = "".join(" ".join(cmd) + "\n" for cmd in commands)
+    return run(tool, *pre, *flags, check=check, input=script).stdout
+
+
+def _json_list(out: str) -> list[JSON]:
+    out = out.strip()
+    if not out:
+        return []
+    data = json.loads(out)
+    if not isinstance(data, list):
+        raise ValueError(f"expected a JSON list, got {out[:200]!r}")
+    return [d for d in data if isinstance(d, dict)]
+
+
+def ip_json(*args: str, ns: str | None = None) -> list[JSON]:
+    """``ip -j ARGS...`` parsed; [] if the command fails (e.g. no device)."""
+    pre = ["-n", ns] if ns is not None else []
+    proc = run("ip", *pre, "-j", *args, check=False)
+    if proc.returncode != 0:
+        return []
+    return _json_list(proc.stdout)
+
+
+# --------------------------------------------------------------------------
+# observers (router A unless ns is given)
+
+
+def in_lab() -> bool:
+    """True inside the UML lab guest (sch_teql loaded or WB_IN_LAB=1)."""
+    return os.path.isdir("/sys/module/sch_teql") or os.environ.get("WB_IN_LAB") == "1"
+
+
+def link(ifname: str, *, ns: str | None = None) -> JSON | None:
+    """``ip -j -d link show dev IFNAME`` as a dict, or None if absent."""
+    found = ip_json("-d", "link", "show", "dev", ifname, ns=ns)
+    return found[0] if found else None
+
+
+def link_exists(ifname: str, *, ns: str | None = None) -> bool:
+    return link(ifname, ns=ns) is not None
+
+
+def root_qdisc(ifname: str, *, ns: str | None = None) -> str | None:
+    """Kind of IFNAME's root qdisc (e.g. "teql0", "noqueue"), None if the
+    device does not exist or has no root qdisc."""
+    pre = ["-n", ns] if ns is not None else []
+    proc = run("tc", *pre, "-j", "qdisc", "show", "dev", ifname, check=False)
+    if proc.returncode != 0:
+        return None
+    for q in _json_list(proc.stdout):
+        if q.get("root"):
+            kind = q.get("kind")
+            return str(kind) if kind is not None else None
+    return None
+
+
+def attached(ifname: str, master: str = MASTER) -> bool:
+    """True if IFNAME's root qdisc is the equalizer ``master``."""
+    return root_qdisc(ifname) == master
+
+
+def routes(
+    dev: str, *, table: str = "main", ns: str | None = None
+) -> list[JSON]:
+    """IPv4 routes through DEV in TABLE (``ip -j route show dev DEV``)."""
+    return ip_json("-4", "route", "show", "table", table, "dev", dev, ns=ns)
+
+
+def default_route(
+    dev: str = MASTER, *, table: str = "main", ns: str | None = None
+) -> JSON | None:
+    """The IPv4 default route through DEV in TABLE, or None."""
+    for r in ip_json("-4", "route", "show", "table", table, "default", ns=ns):
+        if r.get("dev") == dev:
+            return r
+    return None
+
+
+def address_info(dev: str, *, ns: str | None = None) -> list[JSON]:
+    """The ``addr_info`` entries of DEV (all families), [] if absent."""
+    found = ip_json("addr", "show", "dev", dev, ns=ns)
+    if not found:
+        return []
+    info = found[0].get("addr_info", [])
+    return [a for a in info if isinstance(a, dict)]
+
+
+def addresses(dev: str, *, ns: str | None = None) -> list[str]:
+    """IPv4 addresses of DEV as "a.b.c.d/len" strings."""
+    return [
+        f"{a['local']}/{a['prefixlen']}"
+        for a in address_info(dev, ns=ns)
+        if a.get("family") == "inet"
+    ]
+
+
+def _sysctl_path(ifname: str, key: str, family: str = "ipv4") -> str:
+    return f"/proc/sys/net/{family}/conf/{ifname}/{key}"
+
+
+def rp_filter(ifname: str) -> int:
+    """Router A's net.ipv4.conf.IFNAME.rp_filter (also "all", "default")."""
+    with open(_sysctl_path(ifname, "rp_filter")) as f:
+        return int(f.read().strip())
+
+
+def set_rp_filter(ifname: str, value: int, *, ns: str | None = None) -> None:
+    """Write net.ipv4.conf.IFNAME.rp_filter (IFNAME may be all/default)."""
+    _write_sysctl(_sysctl_path(ifname, "rp_filter"), str(value), ns=ns)
+
+
+def _write_sysctl(path: str, value: str, *, ns: str | None = None) -> None:
+    if ns is None:
+        with open(path, "w") as f:
+            f.write(value)
+    else:
+        # /proc/sys/net shows the netns of the writing process.
+        run("sh", "-c", f'echo {value} > "{path}"', ns=ns)
+
+
+def _stat(ifname: str, counter: str) -> int:
+    with open(f"/sys/class/net/{ifname}/statistics/{counter}") as f:
+        return int(f.read().strip())
+
+
+def tx_packets(ifname: str) -> int:
+    """Router A's tx_packets counter of IFNAME (sysfs)."""
+    return _stat(ifname, "tx_packets")
+
+
+def rx_packets(ifname: str) -> int:
+    """Router A's rx_packets counter of IFNAME (sysfs)."""
+    return _stat(ifname, "rx_packets")
+
+
+_RECEIVED = re.compile(r"(\d+) (?:packets )?received")
+
+
+def ping(
+    count: int,
+    interval: float = 0.2,
+    timeout: float = 1.0,
+    *,
+    dst: str = FAR_ADDR,
+    src: str = LOCAL_ADDR,
+) -> int:
+    """Ping router B's test address from teql0's address; the number of
+    replies.  Routing decides the path (so it takes A's default route
+    through teql0).  ``timeout`` is how long to wait for the last reply;
+    0 replies if the source address is missing or the route is."""
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    argv = [
+        "ping", "-n", "-q",
+        "-c", str(count),
+        "-i", f"{interval:g}",
+        "-W", f"{timeout:g}",
+        "-I", src,
+        dst,
+    ]
+    limit = count * interval + timeout + 10
+    proc = run(*argv, check=False, timeout=limit)
+    m = _RECEIVED.search(proc.stdout)
+    return int(m.group(1)) if m else 0
+
+
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float,
+    interval: float = 0.02,
+    *,
+    what: str | None = None,
+) -> float:
+    """Poll PREDICATE until it is truthy; return the seconds it took.
+
+    Raises AssertionError naming the predicate (or ``what``) and its last
+    value on timeout.  An exception from the predicate counts as false
+    and is reported if it is the last outcome.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    last: object = None
+    while True:
+        try:
+            last = predicate()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            last = exc
+        else:
+            if last:
+                return time.monotonic() - start
+        if time.monotonic() >= deadline:
+            name = what or getattr(predicate, "__qualname__", repr(predicate))
+            raise AssertionError(
+                f"timed out after {timeout:g}s waiting for {name}"
+                f" (last result: {last!r})"
+            )
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------
+# the sch_teql module
+
+
+def teql_ko() -> str:
+    """Path of the running UML kernel's sch_teql.ko (like init.sh finds it)."""
+    roots: list[str] = []
+    env_root = os.environ.get("WB_MODULES_DIR")
+    if env_root:
+        roots.append(env_root)
+    roots.append(f"/usr/lib/uml/modules/{os.uname().release}")
+    roots.extend(sorted(glob.glob(_MOD_GLOB)))
+    for root in roots:
+        ko = Path(root) / _TEQL_REL
+        if ko.is_file():
+            return str(ko)
+    raise FileNotFoundError(f"sch_teql.ko not found under {roots}")
+
+
+def teql_loaded() -> bool:
+    return os.path.isdir("/sys/module/sch_teql")
+
+
+def _teql_links() -> list[str]:
+    """Router A's devices whose root qdisc is an equalizer (teqlN)."""
+    out = run("tc", "-j", "qdisc", "show", check=False).stdout
+    names: list[str] = []
+    for q in _json_list(out):
+        if q.get("root") and re.fullmatch(r"teql\d+", str(q.get("kind", ""))):
+            names.append(str(q.get("dev")))
+    return names
+
+
+def unload_teql(timeout: float = 5.0) -> None:
+    """Detach every equalizer qdisc and rmmod sch_teql (its teqlN devices
+    disappear).  The attached qdiscs hold references on the module, and
+    they are freed after an RCU grace period, so rmmod is retried."""
+    if not teql_loaded():
+        return
+    batch([["qdisc", "del", "dev", dev, "root"] for dev in _teql_links()],
+          tool="tc", check=False)
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = run("rmmod", "sch_teql", check=False)
+        if proc.returncode == 0 or not teql_loaded():
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"rmmod sch_teql failed: {proc.stderr.strip()}")
+        time.sleep(0.05)
+
+
+def _teql_devices() -> list[str]:
+    return sorted(
+        p.name for p in Path("/sys/class/net").iterdir()
+        if re.fullmatch(r"teql\d+", p.name)
+    )
+
+
+def reset_teql(max_equalizers: int | None = None) -> None:
+    """Reload sch_teql so the equalizers start clean: detach, rmmod, insmod.
+
+    ``max_equalizers`` None means WB_MAX_EQUALIZERS from the environment
+    (init.sh's setting), default 2.
+    """
+    if max_equalizers is None:
+        max_equalizers = int(os.environ.get("WB_MAX_EQUALIZERS", "2"))
+    unload_teql()
+    run("insmod", teql_ko(), f"max_equalizers={max_equalizers}")
+
+
+# --------------------------------------------------------------------------
+# the topology
+
+
+class Lab:
+    """Router A (root netns: teql0, wanN) and router B (netns ``rb``).
+
+    Observers are also available as module functions; they are exposed here
+    as static methods for convenience (``lab.attached("wan0")``).
+    """
+
+    ns = NS
+    far_addr = FAR_ADDR
+    local_addr = LOCAL_ADDR
+    local_prefix = LOCAL_PREFIX
+    master = MASTER
+
+    # observers
+    link = staticmethod(link)
+    link_exists = staticmethod(link_exists)
+    root_qdisc = staticmethod(root_qdisc)
+    attached = staticmethod(attached)
+    routes = staticmethod(routes)
+    default_route = staticmethod(default_route)
+    addresses = staticmethod(addresses)
+    address_info = staticmethod(address_info)
+    rp_filter = staticmethod(rp_filter)
+    set_rp_filter = staticmethod(set_rp_filter)
+    tx_packets = staticmethod(tx_packets)
+    rx_packets = staticmethod(rx_packets)
+    ping = staticmethod(ping)
+    wait_until = staticmethod(wait_until)
+    reset_teql = staticmethod(reset_teql)
+    unload_teql = staticmethod(unload_teql)
+
+    def __init__(self) -> None:
+        self.n_slaves = 0
+
+    # names ------------------------------------------------------------
+
+    @staticmethod
+    def slave(i: int) -> str:
+        """Router A's end of line i: "wanI"."""
+        return f"wan{i}"
+
+    @staticmethod
+    def far(i: int) -> str:
+        """Router B's end of line i: "wanIp"."""
+        return f"wan{i}p"
+
+    @staticmethod
+    def vrf(i: int) -> str:
+        return f"vrf{i}"
+
+    @property
+    def slaves(self) -> list[str]:
+        return [self.slave(i) for i in range(self.n_slaves)]
+
+    # setup / teardown -------------------------------------------------
+
+    def setup(
+        self,
+        n_slaves: int = 2,
+        *,
+        up: bool = True,
+        attach: bool = False,
+        ipv6: bool = False,
+    ) -> None:
+        """Create router B and ``n_slaves`` lines.
+
+        ``up``: bring router A's ends wanN up (far ends are always up).
+        ``attach``: also ``tc qdisc add dev wanN root teql0`` (nothing
+        else of the seed: no address, route or link state on teql0).
+        """
+        if n_slaves < 0:
+            raise ValueError("n_slaves must be >= 0")
+        if os.path.exists(f"/run/netns/{NS}"):
+            raise RuntimeError(f"netns {NS} exists: teardown() first")
+        self.n_slaves = n_slaves
+        # Router A.  A new netns inherits init_net's IPv4 all/default
+        # settings (net.core.devconf_inherit_init_net=0), so B and every
+        # new line get rp_filter 0 from here; IPv6 ones are reset, though.
+        v6 = "0" if ipv6 else "1"
+        have_v6 = os.path.isdir("/proc/sys/net/ipv6")
+        for key in ("all", "default"):
+            set_rp_filter(key, 0)
+            if have_v6:
+                _write_sysctl(_sysctl_path(key, "disable_ipv6", "ipv6"), v6)
+        ip("netns", "add", NS)
+        # Router B: sysctls in one process, then the VRFs.
+        writes = [f"echo 0 > {_sysctl_path(k, 'rp_filter')}"
+                  for k in ("all", "default", "lo")]
+        if have_v6:
+            writes += [f"echo {v6} > {_sysctl_path(k, 'disable_ipv6', 'ipv6')}"
+                       for k in ("all", "default")]
+        run("sh", "-c", "; ".join(writes), ns=NS)
+        b: list[list[str]] = [["link", "set", "lo", "up"]]
+        for i in range(n_slaves):
+            b += [
+                ["link", "add", self.vrf(i), "type", "vrf",
+                 "table", str(VRF_TABLE_BASE + i)],
+                ["link", "set", self.vrf(i), "up"],
+                ["addr", "add", f"{FAR_ADDR}/32", "dev", self.vrf(i)],
+            ]
+        batch(b, ns=NS)
+        self._make_lines(range(n_slaves), up=up)
+        for i in range(n_slaves):
+            set_rp_filter(self.slave(i), 0)
+        if attach:
+            batch([["qdisc", "add", "dev", self.slave(i), "root", MASTER]
+                   for i in range(n_slaves)], tool="tc")
+
+    def _make_lines(self, lines: Sequence[int] | range, *, up: bool = True) -> None:
+        """veth wanI <-> wanIp, far end in B's vrfI with its return route."""
+        batch([["link", "add", self.slave(i), "type", "veth", "peer", "name",
+                self.far(i), "netns", NS] for i in lines])
+        b: list[list[str]] = []
+        for i in lines:
+            b += [
+                ["link", "set", self.far(i), "master", self.vrf(i)],
+                ["link", "set", self.far(i), "up"],
+                self._far_route_cmd(i),
+            ]
+        batch(b, ns=NS)
+        if up:
+            batch([["link", "set", self.slave(i), "up"] for i in lines])
+
+    def _far_route_cmd(self, i: int) -> list[str]:
+        return ["route", "replace", LOCAL_PREFIX, "dev", self.far(i),
+                "table", str(VRF_TABLE_BASE + i)]
+
+    def teardown(self) -> None:
+        """Remove lines and router B; strip teql0's addresses and routes
+        and bring it down.  Safe to call more than once."""
+        cmds = [["link", "del", name] for name in self._wan_links()]
+        if os.path.exists(f"/run/netns/{NS}"):
+            cmds.append(["netns", "del", NS])
+        for name in _teql_devices():
+            cmds += [
+                ["route", "flush", "table", "all", "dev", name],
+                ["addr", "flush", "dev", name],
+                ["link", "set", name, "down"],
+            ]
+        batch(cmds, check=False)
+        self.n_slaves = 0
+
+    @staticmethod
+    def _wan_links() -> list[str]:
+        return sorted(
+            p.name for p in Path("/sys/class/net").iterdir()
+            if re.fullmatch(r"wan\d+", p.name)
+        )
+
+    # the seed, by hand -----------------------------------------------
+
+    def teql_by_hand(
+        self,
+        slaves: Sequence[str] | None = None,
+        *,
+        address: str = LOCAL_PREFIX,
+        default_route: bool = True,
+    ) -> None:
+        """What the seed does, with tc/ip: attach the slaves, give teql0
+        its address, bring it up, delete the connected route, add the
+        default route."""
+        for s in self.slaves if slaves is None else slaves:
+            tc("qdisc", "replace", "dev", s, "root", MASTER)
+        ip("addr", "add", address, "dev", MASTER)
+        ip("link", "set", MASTER, "up")
+        net = ipaddress.ip_interface(address).network
+        ip("route", "del", str(net), "dev", MASTER, check=False)
+        if default_route:
+            ip("route", "replace", "default", "dev", MASTER)
+
+    # fault injection --------------------------------------------------
+
+    def far_down(self, i: int) -> None:
+        """Down router B's end of line i: wanI loses its carrier."""
+        ip("link", "set", self.far(i), "down", ns=NS)
+
+    def far_up(self, i: int) -> None:
+        """Bring router B's end of line i back (with its return route)."""
+        batch([["link", "set", self.far(i), "up"], self._far_route_cmd(i)],
+              ns=NS)
+
+    def delete_slave(self, i: int) -> None:
+        """Delete wanI (and with it the far end): like pppd hanging up."""
+        ip("link", "del", self.slave(i))
+
+    def recreate_slave(self, i: int, *, up: bool = True) -> None:
+        """Create wanI again with the same name, far end in B, up.  It has
+        no qdisc and A's *default* sysctls (e.g. rp_filter)."""
+        self._make_lines([i], up=up)
+
+    def slave_down(self, i: int) -> None:
+        """Admin-down router A's end wanI."""
+        ip("link", "set", self.slave(i), "down")
+
+    def slave_up(self, i: int) -> None:
+        ip("link", "set", self.slave(i), "up")
+
+    def netem(self, i: int, loss_pct: float, *, delay_ms: float = 0.0) -> None:
+        """Lose (and delay) router B's packets on line i (replies and ARP
+        answers): the line keeps its carrier but round trips over it fail."""
+        args = ["qdisc", "replace", "dev", self.far(i), "root", "netem",
+                "loss", f"{loss_pct:g}%"]
+        if delay_ms:
+            args += ["delay", f"{delay_ms:g}ms"]
+        tc(*args, ns=NS)
+
+    def netem_clear(self, i: int) -> None:
+        tc("qdisc", "del", "dev", self.far(i), "root", ns=NS, check=False)
+
+    def set_mtu(self, i: int, mtu: int, *, far: bool = True) -> None:
+        """Set the MTU of wanI (and of its far end, unless far=False)."""
+        if far:
+            ip("link", "set", self.far(i), "mtu", str(mtu), ns=NS)
+        ip("link", "set", self.slave(i), "mtu", str(mtu))
+
+    def run_b(self, *args: str, check: bool = True) -> str:
+        """Run a command on router B; returns stdout."""
+        return run(*args, ns=NS, check=check).stdout
