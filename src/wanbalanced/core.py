@@ -106,15 +106,15 @@ class Core:
             if link.attached_to(eq_name):
                 out.append(m.handle(Event.ADOPTED, now, f"found attached to {eq_name}"))
                 if not link.has_carrier:
-                    out.append(m.handle(Event.CARRIER_LOST, now, "found attached without carrier"))
+                    out.append(m.handle(Event.CARRIER_LOST, now, "found attached " + _why_down(link)))
             elif link.has_carrier:
                 out.append(m.handle(Event.CARRIER_BACK, now, "appeared with carrier"))
             else:
-                out.append(m.handle(Event.CARRIER_LOST, now, f"appeared without carrier ({_why_down(link)})"))
+                out.append(m.handle(Event.CARRIER_LOST, now, f"appeared {_why_down(link)}"))
         elif link.has_carrier and m.state in (State.DOWN, State.DOWN_DELAY):
             out.append(m.handle(Event.CARRIER_BACK, now, "carrier returned"))
         elif not link.has_carrier and m.state in (State.UP_DELAY, State.UP, State.REFUSED):
-            out.append(m.handle(Event.CARRIER_LOST, now, f"carrier lost ({_why_down(link)})"))
+            out.append(m.handle(Event.CARRIER_LOST, now, _why_down(link, "carrier lost")))
         elif m.state is State.REFUSED and m.refused_on != _refusal_context(eq_name, link, snap):
             out.append(m.handle(Event.RETRY, now, "the slave or its equalizer changed since the refusal"))
         expired = m.expire(now)
@@ -256,8 +256,8 @@ class Core:
         )
 
 
-def _why_down(link: Link) -> str:
-    return "interface administratively down" if not link.admin_up else "no carrier"
+def _why_down(link: Link, no_carrier: str = "without carrier") -> str:
+    return no_carrier if link.admin_up else "administratively down"
 
 
 def _rp_reason(link: Link) -> str:

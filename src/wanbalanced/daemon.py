@@ -22,7 +22,7 @@ from .core import Core, Fault
 from .logs import NOTICE, fields
 from .netlink import Kernel, KernelError, Msg, apply_event, expect
 from .observed import Snapshot
-from .slave import State, Transition
+from .slave import Event, State, Transition
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,7 @@ class Daemon:
         """Observe, plan, execute; repeat while the plan makes progress."""
         for _ in range(MAX_PASSES):
             now = self.clock()
-            for t in self.core.observe(self.snap, now):
-                self._log_transition(t)
+            self._log_transitions(self.core.observe(self.snap, now))
             plan = self.core.plan(self.snap)
             self._log_faults(plan.faults)
             runnable = [a for a in plan.actions if self._backoff.get(a, None) is None or self._backoff[a].until <= now]
@@ -191,12 +190,20 @@ class Daemon:
         return True
 
     def _failed(self, action: Action, e: KernelError) -> None:
+        if e.errno == errno.ENODEV:
+            # Being deleted: the kernel downs a device (one RTM_NEWLINK) before
+            # it unregisters it (RTM_DELLINK), so this races the deletion event.
+            log.debug("%s: %s: device gone", action.device, action.command())
+            return
         if isinstance(action, Attach) and e.errno in (errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP):
             transition, message = self.core.refused(action, e.errno, self.snap, self.clock())
             if transition is not None:
                 self._log_transition(transition)
             log.error("%s", message, extra=fields(equalizer=action.equalizer, slave=action.slave,
                                                     event="refused", reason=message, command=action.command()))
+            # Logged here with its cause; the plan's fault must not repeat it.
+            key = f"refused:{action.slave}"
+            self._faults[key] = Fault(key, action.slave, message)
             return
         old = self._backoff.get(action)
         delay = BACKOFF_FIRST if old is None else min(old.delay * 2, BACKOFF_MAX)
@@ -206,6 +213,20 @@ class Daemon:
                 delay, extra=fields(event="error", reason=str(e), command=action.command()))
 
     # -- logging -------------------------------------------------------------------
+
+    def _log_transitions(self, transitions: list[Transition]) -> None:
+        """Log each transition; a zero delay's pair (up -> down_delay -> down)
+        reads as one step."""
+        i = 0
+        while i < len(transitions):
+            t = transitions[i]
+            nxt = transitions[i + 1] if i + 1 < len(transitions) else None
+            if (nxt is not None and nxt.slave == t.slave and nxt.event is Event.TIMER
+                    and t.new in (State.UP_DELAY, State.DOWN_DELAY) and nxt.reason == t.reason):
+                t = Transition(t.slave, t.old, nxt.new, t.event, t.reason)
+                i += 1
+            self._log_transition(t)
+            i += 1
 
     def _log_transition(self, t: Transition) -> None:
         eq = self.config.equalizer_of(t.slave)

@@ -115,4 +115,6 @@ class SlaveMachine:
             return None
         delay = self.up_delay if self.state is State.UP_DELAY else self.down_delay
         verb = "up" if self.state is State.UP_DELAY else "down"
-        return self.handle(Event.TIMER, now, f"carrier {verb} for {delay:g}s")
+        # With no delay configured the cause is still the carrier change itself.
+        reason = f"carrier {verb} for {delay:g}s" if delay else self.reason
+        return self.handle(Event.TIMER, now, reason)

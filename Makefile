@@ -1,0 +1,45 @@
+# wanbalanced: `make test` and `make demo` install what they need by themselves
+# (Debian packages, a venv) so they work on a fresh Debian 12 machine as root.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# user-mode-linux: the lab's kernel with the real sch_teql; kmod: insmod in the
+# guest; iproute2 and iputils-ping: the lab's fault injection and observers.
+APT_PACKAGES := user-mode-linux kmod iproute2 iputils-ping python3-venv
+STAMP  := $(VENV)/.installed
+
+.PHONY: all deps test unit typecheck lab demo clean
+
+all: test
+
+deps: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+typecheck: deps
+	$(BIN)/mypy
+
+unit: deps
+	$(BIN)/python -m pytest -q tests/unit
+
+# The lab suite runs inside one User-Mode Linux guest (see lab/uml.py).
+lab: deps
+	$(BIN)/python -m lab.uml -- $(BIN)/python -m pytest -v -p no:cacheprovider tests/lab
+
+test: typecheck unit lab
+
+demo: deps
+	$(BIN)/python -m lab.uml -- $(BIN)/python -m lab.demo
+
+clean:
+	rm -rf $(VENV) .lab build *.egg-info src/*.egg-info
