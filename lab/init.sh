@@ -7,6 +7,7 @@
 # variables; we use:
 #   WB_JOB               path of the job script (run with sh); required
 #   WB_MAX_EQUALIZERS    max_equalizers for sch_teql (default 2)
+#   WB_KEEP              the checkout: kept visible even under /tmp or /run
 #
 # Contract with the host: the job's exit status is written to
 # "$(dirname "$WB_JOB")/rc" and the guest powers off.  Whatever fails here, we
@@ -49,8 +50,20 @@ trap 'rc=124; log "signal received"; finish' INT TERM HUP
 
 mount -t proc proc /proc 2>/dev/null || log "mount proc failed"
 mount -t sysfs sysfs /sys 2>/dev/null || log "mount sysfs failed"
+# A checkout under /tmp or /run (CI may clone there) would vanish under the
+# tmpfs mounts: hold it on devtmpfs (auto-mounted by UML) and bind it back.
+hold=""
+case "$WB_KEEP" in
+    /tmp/*|/run/*)
+        mkdir -p /dev/.wb-keep && mount --bind "$WB_KEEP" /dev/.wb-keep && hold=/dev/.wb-keep \
+            || log "cannot hold $WB_KEEP"
+        ;;
+esac
 mount -t tmpfs -o mode=0755 tmpfs /run 2>/dev/null || log "mount /run failed"
 mount -t tmpfs -o mode=1777 tmpfs /tmp 2>/dev/null || log "mount /tmp failed"
+if [ -n "$hold" ]; then
+    mkdir -p "$WB_KEEP" && mount --bind "$hold" "$WB_KEEP" || log "cannot bind $WB_KEEP back"
+fi
 # devtmpfs is auto-mounted on /dev by the UML kernel; add shm and pts.
 mkdir -p /dev/shm /dev/pts 2>/dev/null
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm 2>/dev/null

@@ -6,8 +6,9 @@ booted with the host's own filesystem as its root (hostfs) and
 ``veth`` and ``sch_netem`` from ``/usr/lib/uml/modules/<version>/kernel``.
 
 Inside the guest ``/tmp``, ``/run`` and ``/dev/shm`` are fresh tmpfs mounts;
-everything else is the host's filesystem, shared read-write.  So the working
-directory and anything the host wants to read back must live outside those
+everything else is the host's filesystem, shared read-write.  The checkout
+itself stays visible wherever it is (init.sh binds it back over the tmpfs),
+so the working directory must be inside the repo or outside those mounts
 (the job directory is ``<repo>/.lab/job-*``).
 
 Usage from the shell::
@@ -139,7 +140,12 @@ def lab_available() -> str | None:
 
 def _check_shared(path: str, what: str) -> None:
     real = os.path.realpath(path)
-    for private in _GUEST_PRIVATE:
+    repo = os.path.realpath(REPO)
+    if real == repo or real.startswith(repo + "/"):
+        private_dirs: tuple[str, ...] = ("/proc", "/sys", "/dev")
+    else:
+        private_dirs = _GUEST_PRIVATE
+    for private in private_dirs:
         if real == private or real.startswith(private + "/"):
             raise ValueError(
                 f"{what} {path!r} is under {private}, which the guest does not"
@@ -253,6 +259,7 @@ def run_in_guest(
             "con0=fd:0,fd:1",
             f"WB_JOB={job}",
             f"WB_MAX_EQUALIZERS={max_equalizers}",
+            f"WB_KEEP={os.path.realpath(REPO)}",
         ]
         tail: list[str] = []
         proc = subprocess.Popen(

@@ -1,0 +1,145 @@
+"""`make demo`: the daemon reacting to link faults, on the real sch_teql.
+
+Runs inside the UML guest (see lab/uml.py). Builds router A and router B,
+starts `wanbalanced run` with the repository's config.example.toml, then kills
+and restores lines while showing the daemon's log and the kernel's state.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from lab.daemon import REPO, Wanbalanced
+from lab.topo import Lab, default_route, ip_json, ping, reset_teql, root_qdisc, set_rp_filter
+
+BOLD, DIM, RESET = "\033[1m", "\033[2m", "\033[0m"
+
+
+def say(text: str) -> None:
+    print(f"\n{BOLD}== {text}{RESET}", flush=True)
+
+
+def kernel_state(lab: Lab) -> None:
+    parts = []
+    for s in lab.slaves:
+        qdisc = root_qdisc(s) if lab.link_exists(s) else None
+        parts.append(f"{s}: {'absent' if qdisc is None and not lab.link_exists(s) else qdisc}")
+    route = default_route()
+    teql = ip_json("link", "show", "dev", "teql0")
+    up = "UP" if teql and "UP" in teql[0]["flags"] else "down"
+    parts.append(f"teql0 {up}")
+    parts.append("default dev teql0" if route else "no default route via teql0")
+    print(f"   {DIM}kernel:{RESET} " + " | ".join(parts), flush=True)
+
+
+def traffic() -> None:
+    got = ping(10, interval=0.02)
+    print(f"   {DIM}traffic:{RESET} ping through teql0 to router B: {got}/10 replies", flush=True)
+
+
+class LogTail(threading.Thread):
+    """Echo the daemon's log lines as they are written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path, self.stopped = path, threading.Event()
+
+    def run(self) -> None:
+        while not self.path.exists():
+            time.sleep(0.02)
+        with open(self.path) as f:
+            while not self.stopped.is_set():
+                line = f.readline()
+                if line:
+                    print(f"   {DIM}wanbalanced:{RESET} {line.split(' [')[0].rstrip()}", flush=True)
+                else:
+                    time.sleep(0.02)
+
+
+def settle() -> None:
+    time.sleep(0.5)
+
+
+def main() -> int:
+    reset_teql(2)
+    lab = Lab()
+    lab.teardown()
+    lab.setup(2)
+    workdir = Path(tempfile.mkdtemp(prefix="wanbalanced-demo-"))
+    config = (REPO / "config.example.toml").read_text()
+    wb = Wanbalanced(workdir, config, log_level="info")
+    tail = LogTail(wb.log_path)
+    try:
+        say("Router A: wan0 and wan1 are up, teql0 exists (sch_teql loaded), nothing is set up")
+        set_rp_filter("wan1", 1)
+        kernel_state(lab)
+        say("wanbalanced plan --config config.example.toml  (prints the changes, makes none)")
+        print("\n".join(f"   {line}" for line in wb.run("plan").stdout.splitlines()), flush=True)
+
+        say("wanbalanced run: converge on the seed's setup")
+        tail.start()
+        wb.start()
+        lab.wait_until(lambda: lab.attached("wan1"), 5)  # after its up_delay
+        settle()
+        kernel_state(lab)
+        traffic()
+
+        say("Line wan0 dies: router B's end goes down (carrier loss)")
+        lab.far_down(0)
+        lab.wait_until(lambda: not lab.attached("wan0"), 5)
+        settle()
+        kernel_state(lab)
+        traffic()
+
+        say("Line wan0 comes back")
+        lab.far_up(0)
+        lab.wait_until(lambda: lab.attached("wan0"), 5)
+        settle()
+        kernel_state(lab)
+
+        say("wan1 hangs up and redials (pppd deletes and recreates the interface); up_delay is 2s")
+        set_rp_filter("default", 2)
+        lab.delete_slave(1)
+        settle()
+        lab.recreate_slave(1)
+        lab.wait_until(lambda: lab.attached("wan1"), 5)
+        settle()
+        kernel_state(lab)
+        traffic()
+
+        say("Both lines die: the default route via teql0 is withdrawn (a backup route could take over)")
+        lab.far_down(0)
+        lab.far_down(1)
+        lab.wait_until(lambda: default_route() is None, 5)
+        settle()
+        kernel_state(lab)
+
+        say("Both lines return")
+        lab.far_up(0)
+        lab.far_up(1)
+        lab.wait_until(lambda: default_route() is not None and lab.attached("wan1"), 8)
+        settle()
+        kernel_state(lab)
+        traffic()
+
+        say("systemctl stop / SIGTERM: the daemon exits, the equalizer keeps working")
+        code, took = wb.stop()
+        settle()
+        print(f"   exit status {code} after {took * 1000:.0f} ms", flush=True)
+        kernel_state(lab)
+        traffic()
+        return 0
+    finally:
+        tail.stopped.set()
+        wb.kill()
+        lab.teardown()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
