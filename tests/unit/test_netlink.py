@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
-from typing import Any
 
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-from pyroute2.netlink.rtnl.tcmsg import tcmsg
+from messages import link_msg, qdisc_msg, route_msg
 
 from wanbalanced.actions import Attach, DeleteDefaultRoute, Detach, LinkUp, ReplaceDefaultRoute
-from wanbalanced.netlink import TC_H_ROOT, apply_event, expect, parse_link, read_rp_filter, write_rp_filter
+from wanbalanced.netlink import apply_event, expect, parse_link, read_rp_filter, write_rp_filter
 from wanbalanced.observed import IFF_LOWER_UP, IFF_UP, DEFAULT_DST, Qdisc, Route, Snapshot
-
-
-def link_msg(event: str, index: int, name: str, *, up: bool = True, carrier: bool = True, mtu: int = 1500) -> Any:
-    m = ifinfmsg()
-    m["index"], m["flags"], m["event"] = index, (IFF_UP if up else 0) | (IFF_LOWER_UP if carrier else 0), event
-    m["attrs"] = [("IFLA_IFNAME", name), ("IFLA_CARRIER", int(carrier)), ("IFLA_MTU", mtu)]
-    return m
-
-
-def qdisc_msg(event: str, index: int, kind: str, parent: int = TC_H_ROOT, handle: int = 0x80010000) -> Any:
-    m = tcmsg()
-    m["index"], m["parent"], m["handle"], m["event"] = index, parent, handle, event
-    m["attrs"] = [("TCA_KIND", kind)]
-    return m
-
-
-def route_msg(event: str, oif: int, *, dst: str | None = None, dst_len: int = 0, prio: int = 0,
-              flags: int = 0, table: int = 254) -> Any:
-    m = rtmsg()
-    m["family"], m["dst_len"], m["table"], m["type"], m["event"] = socket.AF_INET, dst_len, table, 1, event
-    m["proto"], m["scope"], m["tos"] = 3, 0, 0
-    m["header"] = {"flags": flags}
-    m["attrs"] = [("RTA_OIF", oif), ("RTA_PRIORITY", prio)] + ([("RTA_DST", dst)] if dst else [])
-    return m
 
 
 def test_link_events_track_carrier_and_deletion() -> None:

@@ -1,0 +1,156 @@
+"""The daemon loop against a fake kernel: ordering, back-off, resync, stop.
+
+The fake holds a Snapshot as its truth, applies successful writes to it, and
+hands out events the test injects. The real kernel is exercised in tests/lab.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import errno
+import logging
+import os
+import signal
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import pytest
+from kernelstate import config, master, slave, snapshot
+from messages import link_msg
+
+from wanbalanced import daemon as daemon_mod
+from wanbalanced.actions import Action
+from wanbalanced.daemon import Daemon
+from wanbalanced.netlink import KernelError, Msg, expect
+from wanbalanced.observed import Snapshot
+
+
+def run_async(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on a fresh event loop (no pytest plugin needed)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(fn(*args, **kwargs))
+    return wrapper
+
+
+class FakeKernel:
+    def __init__(self, truth: Snapshot) -> None:
+        self.truth = truth
+        self.events_in: asyncio.Queue[object] = asyncio.Queue()
+        self.executed: list[str] = []
+        self.failures: dict[str, list[int]] = {}  # command -> errnos to raise, in turn
+        self.dumps = 0
+        self.resubscribed = 0
+
+    async def open(self, listen: bool = True) -> None:
+        pass
+
+    async def resubscribe(self) -> None:
+        self.resubscribed += 1
+
+    def close(self) -> None:
+        pass
+
+    async def dump(self) -> Snapshot:
+        self.dumps += 1
+        return copy.deepcopy(self.truth)
+
+    async def events(self) -> AsyncIterator[Msg]:
+        while True:
+            item = await self.events_in.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def execute(self, action: Action) -> None:
+        pending = self.failures.get(action.command())
+        if pending:
+            raise KernelError(action, pending.pop(0))
+        self.executed.append(action.command())
+        expect(self.truth, action)
+
+
+async def until(predicate: object, timeout: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def fresh() -> Snapshot:
+    return snapshot(master(), slave(10, "wan0"), slave(11, "wan1"))
+
+
+async def start(kernel: FakeKernel) -> tuple[Daemon, asyncio.Task[int]]:
+    d = Daemon(config(), kernel)  # type: ignore[arg-type]
+    task = asyncio.create_task(d.run())
+    await until(lambda: kernel.dumps >= 1 and not d.core.plan(d.snap).actions)
+    return d, task
+
+
+async def stop(task: asyncio.Task[int]) -> int:
+    os.kill(os.getpid(), signal.SIGTERM)
+    return await asyncio.wait_for(task, 2.0)
+
+
+@run_async
+async def test_converges_then_follows_carrier_events() -> None:
+    kernel = FakeKernel(fresh())
+    d, task = await start(kernel)
+    assert kernel.executed == [
+        "tc qdisc add dev wan0 root teql0",
+        "tc qdisc add dev wan1 root teql0",
+        "ip link set teql0 up",
+        "ip addr add 10.0.0.0/31 dev teql0 noprefixroute",
+        "ip route replace default dev teql0",
+    ]
+    kernel.executed.clear()
+    kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 10, "wan0", carrier=False))
+    await until(lambda: kernel.executed == ["tc qdisc del dev wan0 root teql0"])
+    assert d.counters.detaches == {"wan0": 1}
+    assert await stop(task) == 0
+
+
+@run_async
+async def test_failed_write_is_retried_with_backoff_and_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(daemon_mod, "BACKOFF_FIRST", 0.05)
+    kernel = FakeKernel(fresh())
+    kernel.failures["ip route replace default dev teql0"] = [errno.EBUSY, errno.EBUSY]
+    with caplog.at_level(logging.DEBUG, logger="wanbalanced"):
+        d, task = await start(kernel)
+        await until(lambda: "ip route replace default dev teql0" in kernel.executed)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "Device or resource busy" in errors[0].getMessage()
+    assert not d._backoff
+    assert await stop(task) == 0
+
+
+@run_async
+async def test_event_loss_resubscribes_and_resyncs_from_a_dump() -> None:
+    kernel = FakeKernel(fresh())
+    d, task = await start(kernel)
+    # While events are lost, wan1 loses its carrier; only a dump can tell.
+    kernel.truth.put_link(slave(11, "wan1", carrier=False, teql="teql0"))
+    kernel.events_in.put_nowait(OSError(errno.ENOBUFS, "No buffer space available"))
+    await until(lambda: "tc qdisc del dev wan1 root teql0" in kernel.executed)
+    assert kernel.resubscribed == 1 and kernel.dumps == 2 and d.counters.resyncs == 1
+    assert await stop(task) == 0
+
+
+@run_async
+async def test_deleted_device_race_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    kernel = FakeKernel(fresh())
+    d, task = await start(kernel)
+    kernel.failures["tc qdisc del dev wan1 root teql0"] = [errno.ENODEV]
+    with caplog.at_level(logging.INFO, logger="wanbalanced"):
+        kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 11, "wan1", up=False, carrier=False))
+        kernel.events_in.put_nowait(link_msg("RTM_DELLINK", 11, "wan1", up=False, carrier=False))
+        await until(lambda: d.core.machines["wan1"].state.value == "absent")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not d._backoff
+    assert await stop(task) == 0
