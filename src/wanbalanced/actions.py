@@ -80,7 +80,9 @@ class Detach(Action):
 
 
 @dataclass(frozen=True)
-class LinkUp(Action):
+class OnDevice(Action):
+    """An action on one device, named and indexed as the kernel knows it."""
+
     name: str
     index: int
 
@@ -88,37 +90,28 @@ class LinkUp(Action):
     def device(self) -> str:
         return self.name
 
+
+@dataclass(frozen=True)
+class LinkUp(OnDevice):
     def command(self) -> str:
         return f"ip link set {self.name} up"
 
 
 @dataclass(frozen=True)
-class AddAddress(Action):
+class AddAddress(OnDevice):
     """Add the equalizer's local address with noprefixroute, so the kernel never
     creates the connected route the seed deletes by hand."""
 
-    name: str
-    index: int
     address: IPv4Interface
-
-    @property
-    def device(self) -> str:
-        return self.name
 
     def command(self) -> str:
         return f"ip addr add {self.address.with_prefixlen} dev {self.name} noprefixroute"
 
 
 @dataclass(frozen=True)
-class DeleteConnectedRoute(Action):
-    name: str
-    index: int
+class DeleteConnectedRoute(OnDevice):
     dst: IPv4Network
     table: int = RT_TABLE_MAIN
-
-    @property
-    def device(self) -> str:
-        return self.name
 
     def command(self) -> str:
         return (
@@ -128,44 +121,29 @@ class DeleteConnectedRoute(Action):
 
 
 @dataclass(frozen=True)
-class ReplaceDefaultRoute(Action):
-    name: str
-    index: int
+class _DefaultRoute(OnDevice):
     metric: int
     table: int
 
-    @property
-    def device(self) -> str:
-        return self.name
-
-    def command(self) -> str:
-        return f"ip route replace default dev {self.name}{_metric(self.metric)}{_table(self.table)}"
+    def _route(self) -> str:
+        return f"default dev {self.name}{_metric(self.metric)}{_table(self.table)}"
 
 
 @dataclass(frozen=True)
-class DeleteDefaultRoute(Action):
-    name: str
-    index: int
-    metric: int
-    table: int
-
-    @property
-    def device(self) -> str:
-        return self.name
-
+class ReplaceDefaultRoute(_DefaultRoute):
     def command(self) -> str:
-        return f"ip route del default dev {self.name}{_metric(self.metric)}{_table(self.table)}"
+        return f"ip route replace {self._route()}"
 
 
 @dataclass(frozen=True)
-class SetRpFilter(Action):
-    name: str
-    index: int
+class DeleteDefaultRoute(_DefaultRoute):
+    def command(self) -> str:
+        return f"ip route del {self._route()}"
+
+
+@dataclass(frozen=True)
+class SetRpFilter(OnDevice):
     value: int
-
-    @property
-    def device(self) -> str:
-        return self.name
 
     def command(self) -> str:
         return f"sysctl -w net.ipv4.conf.{sysctl_ifname(self.name)}.rp_filter={self.value}"
