@@ -109,6 +109,16 @@ class AddAddress(OnDevice):
 
 
 @dataclass(frozen=True)
+class DeleteAddress(OnDevice):
+    """Remove an address wanbalanced added and the configuration no longer has."""
+
+    address: IPv4Interface
+
+    def command(self) -> str:
+        return f"ip addr del {self.address.with_prefixlen} dev {self.name}"
+
+
+@dataclass(frozen=True)
 class DeleteConnectedRoute(OnDevice):
     dst: IPv4Network
     table: int = RT_TABLE_MAIN

@@ -139,6 +139,20 @@ def _check_listen(v: str) -> str:
     return v
 
 
+def _check_socket_path(v: str) -> str:
+    if v and not v.startswith("/"):
+        raise ValueError("must be an absolute path, or \"\" to disable")
+    if len(v.encode()) > 107:
+        raise ValueError("is longer than a unix socket path may be (107 bytes)")
+    return v
+
+
+def _check_stats_interval(v: float) -> float:
+    if v < 0.1:
+        raise ValueError("must be at least 100ms")
+    return v
+
+
 class SlaveConfig(BaseModel):
     """Per-slave settings ([slaves.<name>]); both delays debounce carrier flaps."""
 
@@ -169,6 +183,10 @@ class DaemonConfig(BaseModel):
     model_config = _STRICT
     metrics_listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:9783"
     log_level: Literal["debug", "info", "notice", "warning", "error"] = "info"
+    # Where `wanbalanced status` asks the running daemon; "" disables it.
+    control_socket: Annotated[str, AfterValidator(_check_socket_path)] = "/run/wanbalanced/control.sock"
+    # How often link counters are refreshed for the metrics (one link dump).
+    stats_interval: Annotated[Duration, AfterValidator(_check_stats_interval)] = 5.0
 
 
 class Config(BaseModel):

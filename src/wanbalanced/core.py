@@ -17,6 +17,7 @@ from .actions import (
     Action,
     AddAddress,
     Attach,
+    DeleteAddress,
     DeleteConnectedRoute,
     DeleteDefaultRoute,
     Detach,
@@ -48,9 +49,13 @@ class Fault:
     `key` is stable while the fault lasts, so it is logged once, not per event.
     """
 
-    key: str
+    kind: str  # refused, missing_equalizer, module_not_loaded, route_clash, rp_filter_all
     device: str
     message: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.device}"
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,53 @@ class Core:
                 up, down = (settings.up_delay, settings.down_delay) if honour_delays else (0.0, 0.0)
                 self.machines[name] = SlaveMachine(name, up, down, now)
                 self._index[name] = None
+
+    def reconfigure(self, new: Config, snap: Snapshot, now: float) -> list[Action]:
+        """Switch to a new, already validated configuration.
+
+        Slaves kept under the same equalizer keep their machine (state, timers),
+        so they are not touched. Returns the one-off clean-up the plan cannot
+        derive from the new configuration alone: detach removed slaves (then
+        leave them alone), and withdraw the address and default route that the
+        old settings made and the new ones no longer want.
+        """
+        old = self.config
+        cleanup: list[Action] = []
+        machines: dict[str, SlaveMachine] = {}
+        for eq_name, eq in new.equalizers.items():
+            for name in eq.slaves:
+                settings = new.slave(name)
+                m = self.machines.get(name)
+                if m is None or old.equalizer_of(name) != eq_name:
+                    m = SlaveMachine(name, settings.up_delay, settings.down_delay, now)
+                    self._index[name] = None
+                m.up_delay, m.down_delay = settings.up_delay, settings.down_delay
+                machines[name] = m
+        for name in self.machines:
+            old_eq = old.equalizer_of(name)
+            link = snap.link(name)
+            if old_eq is not None and new.equalizer_of(name) != old_eq and link is not None and link.attached_to(old_eq):
+                cleanup.append(Detach("removed from the configuration", old_eq, name, link.index))
+        for eq_name, before in old.equalizers.items():
+            master = snap.link(eq_name)
+            if master is None:
+                continue
+            after = new.equalizers.get(eq_name)
+            if before.address is not None and (after is None or after.address != before.address):
+                if any(a.interface == before.address for a in snap.addresses_of(master.index)):
+                    cleanup.append(DeleteAddress("address changed in the configuration", eq_name, master.index,
+                                                 before.address))
+            route = (before.default_route, before.route_metric, before.route_table)
+            if before.default_route and (after is None or (after.default_route, after.route_metric,
+                                                             after.route_table) != route):
+                if any(r.oif == master.index and r.priority == before.route_metric and r.gateway is None
+                       for r in snap.default_routes(before.route_table)):
+                    cleanup.append(DeleteDefaultRoute("default route changed in the configuration", eq_name,
+                                                      master.index, before.route_metric, before.route_table))
+        self._index = {n: self._index.get(n) for n in machines}
+        self.machines = machines
+        self.config = new
+        return cleanup
 
     # -- observing ------------------------------------------------------------
 
@@ -162,7 +214,7 @@ class Core:
                     actions.append(SetRpFilter(_rp_reason(link), link.name, link.index, eq.rp_filter))
                 if snap.all_rp_filter is not None and snap.all_rp_filter > eq.rp_filter:
                     faults.append(Fault(
-                        f"rp_filter_all:{name}", name,
+                        "rp_filter_all", name,
                         f"{name}: effective rp_filter is max(all={snap.all_rp_filter}, {name}={eq.rp_filter})"
                         f"={snap.all_rp_filter}; set net.ipv4.conf.all.rp_filter={eq.rp_filter}"
                         " (wanbalanced does not change 'all', which affects every interface)",
@@ -186,7 +238,7 @@ class Core:
                 actions.append(Detach(m.reason, eq_name, name, link.index))
                 attached.discard(name)
             if m.state is State.REFUSED:
-                faults.append(Fault(f"refused:{name}", name, m.reason))
+                faults.append(Fault("refused", name, m.reason))
 
         master_up = master.admin_up
         going_up = False
@@ -225,7 +277,7 @@ class Core:
                 clash = [r for r in defaults if r.priority == eq.route_metric]
                 if clash:
                     faults.append(Fault(
-                        f"route_clash:{eq_name}", eq_name,
+                        "route_clash", eq_name,
                         f"{eq_name}: another default route has metric {eq.route_metric} in table "
                         f"{eq.route_table}; wanbalanced will not replace it: give it a higher metric "
                         f"or set equalizers.{eq_name}.route_metric",
@@ -244,12 +296,12 @@ class Core:
         have = snap.teql_devices()
         if not have:
             return Fault(
-                "teql_module", eq_name,
+                "module_not_loaded", eq_name,
                 f"{eq_name}: no teql device exists, sch_teql is not loaded: "
                 f"run `modprobe sch_teql max_equalizers={need}`",
             )
         return Fault(
-            f"missing:{eq_name}", eq_name,
+            "missing_equalizer", eq_name,
             f"{eq_name} does not exist: sch_teql was loaded with max_equalizers={len(have)}; "
             f"set `options sch_teql max_equalizers={need}` in /etc/modprobe.d/wanbalanced.conf "
             "and reload the module (rmmod sch_teql && modprobe sch_teql)",

@@ -31,6 +31,7 @@ from .actions import (
     Action,
     AddAddress,
     Attach,
+    DeleteAddress,
     DeleteConnectedRoute,
     DeleteDefaultRoute,
     Detach,
@@ -46,6 +47,7 @@ from .observed import (
     RTN_UNICAST,
     Address,
     Link,
+    LinkStats,
     Qdisc,
     Route,
     Snapshot,
@@ -77,6 +79,15 @@ class KernelError(Exception):
 # -- pure parsers -------------------------------------------------------------
 
 
+def parse_stats(msg: Msg) -> LinkStats | None:
+    st = msg.get_attr("IFLA_STATS64")
+    if st is None:
+        return None
+    return LinkStats(*(int(st.get(k) or 0) for k in (
+        "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_errors", "tx_errors", "rx_dropped", "tx_dropped",
+    )))
+
+
 def parse_link(msg: Msg) -> Link:
     info = msg.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
@@ -90,6 +101,7 @@ def parse_link(msg: Msg) -> Link:
         carrier=bool(carrier) if carrier is not None else bool(flags & 0x10000),
         mtu=int(msg.get_attr("IFLA_MTU") or 0),
         kind=kind,
+        stats=parse_stats(msg),
     )
 
 
@@ -189,6 +201,8 @@ def expect(snap: Snapshot, action: Action) -> None:
             snap.put_link(dataclasses.replace(link, flags=link.flags | IFF_UP))
     elif isinstance(action, AddAddress):
         snap.put_address(Address(action.index, action.address, IFA_F_NOPREFIXROUTE))
+    elif isinstance(action, DeleteAddress):
+        snap.drop_address(Address(action.index, action.address))
     elif isinstance(action, DeleteConnectedRoute):
         snap.routes = {r for r in snap.routes if not (r.oif == action.index and r.dst == action.dst)}
     elif isinstance(action, ReplaceDefaultRoute):
@@ -254,6 +268,10 @@ class Kernel:
         assert self._requests is not None, "Kernel.open() first"
         return self._requests
 
+    async def dump_links(self) -> list[Link]:
+        """Every link, with fresh counters (the kernel sends no event for those)."""
+        return [parse_link(msg) async for msg in await self._req.link("dump")]
+
     async def dump(self) -> Snapshot:
         """A full snapshot of what the daemon reasons about."""
         snap = Snapshot()
@@ -310,6 +328,8 @@ class Kernel:
                 "add", index=a.index, address=str(a.address.ip),
                 prefixlen=a.address.network.prefixlen, flags=IFA_F_NOPREFIXROUTE,
             )
+        elif isinstance(a, DeleteAddress):
+            await r.addr("del", index=a.index, address=str(a.address.ip), prefixlen=a.address.network.prefixlen)
         elif isinstance(a, DeleteConnectedRoute):
             await r.route("del", dst=a.dst.with_prefixlen, oif=a.index, table=a.table, proto=2, scope=253)
         elif isinstance(a, ReplaceDefaultRoute):

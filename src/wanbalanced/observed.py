@@ -38,6 +38,20 @@ class Qdisc:
 
 
 @dataclass(frozen=True)
+class LinkStats:
+    """A device's 64-bit counters (IFLA_STATS64)."""
+
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0
+    rx_errors: int = 0
+    tx_errors: int = 0
+    rx_dropped: int = 0
+    tx_dropped: int = 0
+
+
+@dataclass(frozen=True)
 class Link:
     """One network device as the kernel reports it."""
 
@@ -50,6 +64,7 @@ class Link:
     qdisc: Qdisc | None = None
     # IPv4 rp_filter of this device, read from /proc (None: not known).
     rp_filter: int | None = None
+    stats: LinkStats | None = None
 
     @property
     def admin_up(self) -> bool:
@@ -148,6 +163,8 @@ class Snapshot:
                 link = dataclasses.replace(link, qdisc=old.qdisc)
             if link.rp_filter is None:
                 link = dataclasses.replace(link, rp_filter=old.rp_filter)
+            if link.stats is None:
+                link = dataclasses.replace(link, stats=old.stats)
             if old.admin_up and not link.admin_up:
                 # Kernel quirk: IPv4 routes through a device that goes down are
                 # flushed without any RTM_DELROUTE notification.

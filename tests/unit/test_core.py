@@ -274,3 +274,59 @@ up_delay = "30s"
     assert commands(plan_core, snap)[:2] == ["tc qdisc add dev wan0 root teql0", "ip link set teql0 up"]
     assert isinstance(plan_core.plan(snap).actions[-1], ReplaceDefaultRoute)
     assert not any(isinstance(a, AddAddress) for a in plan_core.plan(snap).actions)
+
+
+def test_reconfigure_keeps_unchanged_slaves_and_detaches_removed_ones() -> None:
+    core = Core(config(), 0.0)
+    snap = converged()
+    snap.put_link(slave(12, "wan2"))
+    core.observe(snap, 0.0)
+    wan0 = core.machines["wan0"]
+    cleanup = core.reconfigure(config("""
+[equalizers.teql0]
+slaves = ["wan0", "wan2"]
+address = "10.0.0.0/31"
+rp_filter = 0
+[slaves.wan0]
+down_delay = "3s"
+"""), snap, 5.0)
+    assert [a.command() for a in cleanup] == ["tc qdisc del dev wan1 root teql0"]
+    assert core.machines["wan0"] is wan0 and wan0.state is State.UP and wan0.down_delay == 3.0
+    assert "wan1" not in core.machines
+    core.observe(snap, 5.0)
+    # wan0 untouched, wan2 joins; wan1 (already detached by the clean-up) is left alone.
+    assert commands(core, snap) == ["tc qdisc add dev wan2 root teql0"]
+
+
+def test_reconfigure_withdraws_old_route_and_address() -> None:
+    core = Core(config(), 0.0)
+    snap = converged()
+    core.observe(snap, 0.0)
+    cleanup = core.reconfigure(config("""
+[equalizers.teql0]
+slaves = ["wan0", "wan1"]
+address = "10.0.9.0/31"
+route_metric = 50
+"""), snap, 1.0)
+    assert [a.command() for a in cleanup] == [
+        "ip addr del 10.0.0.0/31 dev teql0",
+        "ip route del default dev teql0",
+    ]
+    assert core.machines["wan0"].state is State.UP
+
+
+def test_reconfigure_moving_a_slave_between_equalizers_detaches_it() -> None:
+    core = Core(config(), 0.0)
+    snap = converged()
+    snap.put_link(master(3, "teql1"))
+    core.observe(snap, 0.0)
+    cleanup = core.reconfigure(config("""
+[equalizers.teql0]
+slaves = ["wan0"]
+address = "10.0.0.0/31"
+[equalizers.teql1]
+slaves = ["wan1"]
+default_route = false
+"""), snap, 1.0)
+    assert [a.command() for a in cleanup] == ["tc qdisc del dev wan1 root teql0"]
+    assert core.machines["wan1"].state is State.ABSENT  # a fresh start under teql1
