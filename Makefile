@@ -5,15 +5,28 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # user-mode-linux: the lab's kernel with the real sch_teql; kmod: insmod in the
-# guest; iproute2 and iputils-ping: the lab's fault injection and observers.
-APT_PACKAGES := user-mode-linux kmod iproute2 iputils-ping python3-venv
+# guest; iproute2 and iputils-ping: the lab's fault injection and observers;
+# gcc, pkg-config, python3-dev, libsystemd-dev: to build systemd-python.
+APT_PACKAGES := user-mode-linux kmod iproute2 iputils-ping python3-venv \
+                gcc pkg-config python3-dev libsystemd-dev
 STAMP  := $(VENV)/.installed
+# promtool, unpacked from Debian's prometheus package rather than installed,
+# so that testing does not leave a Prometheus server running on the host.
+TOOLS  := .lab/tools
+PROMTOOL := $(TOOLS)/usr/bin/promtool
+export PATH := $(CURDIR)/$(TOOLS)/usr/bin:$(PATH)
 
 .PHONY: all deps test unit typecheck lab demo clean
 
 all: test
 
-deps: $(STAMP)
+deps: $(STAMP) $(PROMTOOL)
+
+$(PROMTOOL):
+	@mkdir -p $(TOOLS)
+	cd $(TOOLS) && { apt-get download prometheus 2>/dev/null || { apt-get update -q && apt-get download prometheus; }; }
+	cd $(TOOLS) && dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb
+	@test -x $@
 
 $(STAMP): pyproject.toml
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

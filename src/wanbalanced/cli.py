@@ -12,6 +12,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = "/etc/wanbalanced/config.toml"
+DEFAULT_SOCKET = "/run/wanbalanced/control.sock"
 
 # Exit statuses of `plan`, as documented.
 PLAN_CONVERGED, PLAN_ERROR, PLAN_PENDING = 0, 1, 2
@@ -43,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     logs.setup(args.log_level or config.daemon.log_level)
     try:
-        return asyncio.run(daemon.run(config))
+        return asyncio.run(daemon.run(config, args.config))
     except PermissionError as e:
         print(f"wanbalanced: {e}: run as root or with CAP_NET_ADMIN", file=sys.stderr)
         return 1
@@ -83,6 +84,58 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return PLAN_ERROR
 
 
+def _ago(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s >= 86400:
+        return f"{s // 86400}d ago"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m ago"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s ago"
+    return f"{s}s ago"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .status import ControlError, query
+
+    path = args.socket
+    if path is None:
+        # The config only says where the socket is; a missing default file is fine.
+        try:
+            path = load_config(args.config).daemon.control_socket or DEFAULT_SOCKET
+        except ConfigError as e:
+            if args.config_given:
+                print(e, file=sys.stderr)
+                return 1
+            path = DEFAULT_SOCKET
+    try:
+        answer = query(path)
+    except ControlError as e:
+        print(f"wanbalanced status: {e}", file=sys.stderr)
+        return 3  # as `systemctl status` does for a unit that is not running
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    now = time.time()
+    rows = [("EQUALIZER", "SLAVE", "STATE", "CARRIER", "ATTACHED", "SINCE", "DETACHES", "LAST REASON")]
+    for s in answer["slaves"]:
+        rows.append((s["equalizer"], s["slave"], s["state"], "yes" if s["carrier"] else "no",
+                     "yes" if s["attached"] else "no",
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["since"])) + f" ({_ago(now - s['since'])})",
+                     str(s["detaches"]), s["reason"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    for eq in answer["equalizers"]:
+        route = "default route via it" if eq["default_route"] else "no default route"
+        print(f"{eq['equalizer']}: {eq['attached']}/{eq['configured']} slaves attached, {route}")
+    for f in answer["faults"]:
+        print(f"fault: {f['message']}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wanbalanced", description="Keeps a TEQL link equalizer healthy.")
     p.add_argument("--version", action="version", version=f"wanbalanced {__version__}")
@@ -94,13 +147,20 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
     plan = sub.add_parser("plan", help="print the changes the daemon would make now; change nothing")
     plan.set_defaults(func=cmd_plan)
-    for s in (run, check, plan):
+    status = sub.add_parser("status", help="ask the running daemon for the state of every slave")
+    status.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    status.add_argument("--socket", help=f"control socket (default: the config's daemon.control_socket, "
+                                         f"else {DEFAULT_SOCKET})")
+    status.set_defaults(func=cmd_status)
+    for s in (run, check, plan, status):
         s.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"default: {DEFAULT_CONFIG}")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # `status` reads the config only to find the socket, and only if asked to.
+    args.config_given = any(a in ("--config", "-c") or a.startswith("--config=") for a in (argv or sys.argv[1:]))
     status: int = args.func(args)
     return status
 

@@ -2,8 +2,9 @@
 
 One task reads netlink events into a queue; the loop drains the queue into the
 snapshot, lets the core observe and plan, and executes the plan. Timers (up and
-down delays, retry back-off) are the loop's wait timeout, so nothing polls.
-Signal handlers only set an intent; the loop acts on it.
+down delays, retry back-off) are the loop's wait timeout, so nothing polls;
+only link counters are refreshed by a periodic dump, for the metrics. Signal
+handlers only queue an intent (stop, reload); the loop acts on it.
 """
 
 from __future__ import annotations
@@ -15,19 +16,23 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from .actions import Action, Attach, Detach, SetRpFilter
-from .config import Config
-from .core import Core, Fault
-from .logs import NOTICE, fields
-from .netlink import Kernel, KernelError, Msg, apply_event, expect
+from . import __version__, status
+from .actions import Action, Attach, Detach
+from .config import Config, ConfigError, load_config
+from .core import Core
+from .logs import fields, set_level
+from .metrics import Metrics
+from .netlink import Kernel, KernelError, apply_event, expect
+from .notify import Notifier
 from .observed import Snapshot
-from .slave import Event, State, Transition
+from .report import Reporter
 
 log = logging.getLogger(__name__)
 
-_RESYNC = object()  # queued by the reader when the event socket lost messages
-_STOP = object()
+# Intents queued beside the netlink messages.
+_STOP, _RELOAD, _RESYNC, _REFRESH = "stop", "reload", "resync", "refresh"
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 MAX_PASSES = 8  # plan/execute passes per wake-up; more means the kernel fights back
 
@@ -41,45 +46,74 @@ class _Backoff:
 
 @dataclass
 class Counters:
-    """Per-slave counts of kernel changes actually made."""
+    """Counts of what the daemon did, for the status and the metrics."""
 
     attaches: dict[str, int] = field(default_factory=dict)
     detaches: dict[str, int] = field(default_factory=dict)
     resyncs: int = 0
+    reload_successful: bool = True
+    reload_success_time: float = field(default_factory=time.time)
 
 
 class Daemon:
     """Keeps the kernel converged on the configuration until told to stop."""
 
-    def __init__(self, config: Config, kernel: Kernel | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: Config, kernel: Kernel | None = None, *, config_path: str | None = None,
+                 clock: Callable[[], float] = time.monotonic, notifier: Notifier | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.kernel = kernel or Kernel()
         self.clock = clock
+        self.notifier = notifier or Notifier()
         self.snap = Snapshot()
         self.core = Core(config, clock())
         self.counters = Counters()
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
-        self._faults: dict[str, Fault] = {}
+        self.report = Reporter(config)
+        self.status: status.Status | None = None  # replaced whole; read by other threads
+        self.metrics = Metrics(lambda: self.status)
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._backoff: dict[Action, _Backoff] = {}
+        self._tasks: list[asyncio.Task[None]] = []
         self._reader: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._queue.put_nowait, _STOP)
+        control = None
+        if self.config.daemon.control_socket:
+            try:
+                control = await status.serve(self.config.daemon.control_socket, lambda: self.status)
+            except status.AlreadyRunning as e:
+                log.error("%s: not starting a second daemon on the same equalizers", e)
+                return 1
+        signals = {signal.SIGTERM: _STOP, signal.SIGINT: _STOP, signal.SIGHUP: _RELOAD}
+        for sig, intent in signals.items():
+            loop.add_signal_handler(sig, self._queue.put_nowait, intent)
+        try:
+            self.metrics.serve(self.config.daemon.metrics_listen)
+        except OSError as e:
+            log.error("metrics endpoint %s: %s; running without metrics", self.config.daemon.metrics_listen, e)
         await self.kernel.open()
         try:
+            interval = self.notifier.watchdog_interval()
+            if interval is not None:
+                self._tasks.append(asyncio.create_task(self.notifier.watchdog(interval)))
             await self._resync()
-            self._log_summary("converged")
+            self._tasks.append(asyncio.create_task(self._tick(self.config.daemon.stats_interval)))
+            log.info("converged: %s", self._publish())
+            self.notifier.ready(self._publish())
             await self._loop()
         finally:
-            if self._reader is not None:
-                self._reader.cancel()
+            self.notifier.stopping()
+            for task in [*self._tasks, self._reader]:
+                if task is not None:
+                    task.cancel()
+            if control is not None:
+                control.close()
+            self.metrics.close()
             self.kernel.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
         # The data plane is left exactly as it is: a restart must not cut traffic.
         log.info("stopped; equalizers left as they are")
@@ -91,8 +125,17 @@ class Daemon:
             self._reader.cancel()
         self._reader = asyncio.create_task(self._read_events())
         self.snap = await self.kernel.dump()
-        self._drain()  # events that raced the dump are newer: apply them on top
-        await self.reconcile(self.clock())
+        # Events queued since the subscription are applied on top: each carries
+        # a whole object, so replaying ones the dump already saw is harmless.
+        intents = []
+        for item in self._take_queued():
+            if isinstance(item, str):
+                intents.append(item)
+            else:
+                apply_event(self.snap, item)
+        for intent in intents:
+            self._queue.put_nowait(intent)
+        await self.reconcile(None)
 
     async def _read_events(self) -> None:
         try:
@@ -102,42 +145,45 @@ class Daemon:
             log.error("netlink events lost (%s): resubscribing and resyncing", e, extra=fields(event="resync"))
             self._queue.put_nowait(_RESYNC)
 
+    async def _tick(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._queue.put_nowait(_REFRESH)
+
     async def _loop(self) -> None:
         while True:
             try:
-                item = await asyncio.wait_for(self._queue.get(), self._timeout())
+                first = await asyncio.wait_for(self._queue.get(), self._timeout())
+                items = [first, *self._take_queued()]
             except asyncio.TimeoutError:
-                item = None
+                items = []  # a delay or a back-off ran out
             woke = self.clock()
-            items = [item] if item is not None else []
-            items.extend(self._take_queued())
-            if _STOP in items:
+            intents = {i for i in items if isinstance(i, str)}
+            if _STOP in intents:
                 log.info("stopping on signal")
                 return
-            if _RESYNC in items:
+            if _RESYNC in intents:
                 self.counters.resyncs += 1
                 await self.kernel.resubscribe()
                 await self._resync()
-                continue
-            for msg in items:
-                apply_event(self.snap, msg)
-            await self.reconcile(woke)
+            else:
+                for msg in items:
+                    if not isinstance(msg, str):
+                        apply_event(self.snap, msg)
+                if _REFRESH in intents:
+                    for link in await self.kernel.dump_links():
+                        self.snap.put_link(link)
+                events = len(items) > len(intents)
+                await self.reconcile(woke if events else None)
+            if _RELOAD in intents:
+                await self.reload()
+            self.notifier.status(self._publish())
 
-    def _take_queued(self) -> list[object]:
+    def _take_queued(self) -> list[Any]:
         out = []
         while not self._queue.empty():
             out.append(self._queue.get_nowait())
         return out
-
-    def _drain(self) -> None:
-        rest = []
-        for item in self._take_queued():
-            if item is _STOP or item is _RESYNC:
-                rest.append(item)
-            else:
-                apply_event(self.snap, item)
-        for item in rest:
-            self._queue.put_nowait(item)
 
     def _timeout(self) -> float | None:
         deadlines = [b.until for b in self._backoff.values()]
@@ -148,17 +194,65 @@ class Daemon:
             return None
         return max(0.0, min(deadlines) - self.clock())
 
+    def _publish(self) -> str:
+        """Build and publish the status; return its one-line summary."""
+        self.status = status.build(
+            self.config, self.core, self.snap, version=__version__, attaches=dict(self.counters.attaches),
+            detaches=dict(self.counters.detaches), faults=tuple(self.report.faults.values()),
+            reload_successful=self.counters.reload_successful,
+            reload_success_time=self.counters.reload_success_time, resyncs=self.counters.resyncs,
+            mono_now=self.clock(), wall_now=time.time(),
+        )
+        return self.status.summary()
+
+    # -- reload ------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the configuration file. A bad file changes nothing."""
+        if self.config_path is None:
+            return False
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            self.counters.reload_successful = False
+            problems = "; ".join(f"{p.path}: {p.message}" if p.path else p.message for p in e.problems)
+            log.error("reload failed, keeping the running configuration: %s", problems,
+                      extra=fields(event="reload", reason=problems))
+            self.notifier.ready(self._publish())
+            return False
+        old = self.config
+        for key in ("metrics_listen", "control_socket"):
+            if getattr(old.daemon, key) != getattr(new.daemon, key):
+                log.warning("daemon.%s changed: takes effect at the next restart", key, extra=fields(event="reload"))
+        cleanup = self.core.reconfigure(new, self.snap, self.clock())
+        self.config = self.report.config = new
+        set_level(new.daemon.log_level)
+        for action in cleanup:
+            await self._execute(action, None)
+        await self.reconcile(None)
+        self.counters.reload_successful, self.counters.reload_success_time = True, time.time()
+        before = {s for eq in old.equalizers.values() for s in eq.slaves}
+        after = {s for eq in new.equalizers.values() for s in eq.slaves}
+        change = f"added {sorted(after - before) or 'none'}, removed {sorted(before - after) or 'none'}"
+        log.info("reloaded %s: slaves %s", self.config_path, change, extra=fields(event="reload", reason=change))
+        self.notifier.ready(self._publish())
+        return True
+
     # -- one reconcile -------------------------------------------------------------
 
-    async def reconcile(self, woke: float) -> None:
-        """Observe, plan, execute; repeat while the plan makes progress."""
+    async def reconcile(self, woke: float | None) -> None:
+        """Observe, plan, execute; repeat while the plan makes progress.
+
+        `woke` is when the kernel event that caused this pass was received, to
+        measure failover latency; None for timers, reloads and start-up."""
         for _ in range(MAX_PASSES):
             now = self.clock()
-            self._log_transitions(self.core.observe(self.snap, now))
+            self.report.transitions(self.core.observe(self.snap, now))
             plan = self.core.plan(self.snap)
-            self._log_faults(plan.faults)
-            runnable = [a for a in plan.actions if self._backoff.get(a, None) is None or self._backoff[a].until <= now]
+            self.report.update_faults(plan.faults)
             self._backoff = {a: b for a, b in self._backoff.items() if a in plan.actions}
+            runnable = [a for a in plan.actions if a not in self._backoff or self._backoff[a].until <= now]
             if not runnable:
                 return
             progressed = False
@@ -167,26 +261,21 @@ class Daemon:
             if not progressed:
                 return
 
-    async def _execute(self, action: Action, woke: float) -> bool:
-        slave = action.device if isinstance(action, (Attach, Detach, SetRpFilter)) else None
-        eq = self.config.equalizer_of(action.device) if slave else action.device
+    async def _execute(self, action: Action, woke: float | None) -> bool:
         try:
             await self.kernel.execute(action)
         except KernelError as e:
             self._failed(action, e)
             return False
-        took = (self.clock() - woke) * 1000
+        took = self.clock() - woke if woke is not None else None
         expect(self.snap, action)
         self._backoff.pop(action, None)
-        level, event = logging.INFO, "converge"
-        if isinstance(action, Detach):
-            level, event = logging.WARNING, "detach"
-            self.counters.detaches[action.slave] = self.counters.detaches.get(action.slave, 0) + 1
-        elif isinstance(action, Attach):
-            level, event = NOTICE, "attach"
-            self.counters.attaches[action.slave] = self.counters.attaches.get(action.slave, 0) + 1
-        log.log(level, "%s: %s (%s; %.1f ms after the event)", action.device, action.command(), action.reason, took,
-                extra=fields(equalizer=eq, slave=slave, event=event, reason=action.reason, command=action.command()))
+        if isinstance(action, (Attach, Detach)):
+            counter = self.counters.attaches if isinstance(action, Attach) else self.counters.detaches
+            counter[action.slave] = counter.get(action.slave, 0) + 1
+            if took is not None:
+                self.metrics.failover.labels("attach" if isinstance(action, Attach) else "detach").observe(took)
+        self.report.write(action, took * 1000 if took is not None else None)
         return True
 
     def _failed(self, action: Action, e: KernelError) -> None:
@@ -198,66 +287,15 @@ class Daemon:
         if isinstance(action, Attach) and e.errno in (errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP):
             transition, message = self.core.refused(action, e.errno, self.snap, self.clock())
             if transition is not None:
-                self._log_transition(transition)
-            log.error("%s", message, extra=fields(equalizer=action.equalizer, slave=action.slave,
-                                                    event="refused", reason=message, command=action.command()))
-            # Logged here with its cause; the plan's fault must not repeat it.
-            key = f"refused:{action.slave}"
-            self._faults[key] = Fault(key, action.slave, message)
+                self.report.transition(transition)
+            self.report.refused(action, message)
             return
         old = self._backoff.get(action)
         delay = BACKOFF_FIRST if old is None else min(old.delay * 2, BACKOFF_MAX)
         self._backoff[action] = _Backoff(self.clock() + delay, delay, str(e))
-        level = logging.ERROR if old is None or old.error != str(e) else logging.DEBUG
-        log.log(level, "%s: %s failed: %s; retrying in %gs", action.device, action.command(), e.detail or e,
-                delay, extra=fields(event="error", reason=str(e), command=action.command()))
-
-    # -- logging -------------------------------------------------------------------
-
-    def _log_transitions(self, transitions: list[Transition]) -> None:
-        """Log each transition; a zero delay's pair (up -> down_delay -> down)
-        reads as one step."""
-        i = 0
-        while i < len(transitions):
-            t = transitions[i]
-            nxt = transitions[i + 1] if i + 1 < len(transitions) else None
-            if (nxt is not None and nxt.slave == t.slave and nxt.event is Event.TIMER
-                    and t.new in (State.UP_DELAY, State.DOWN_DELAY) and nxt.reason == t.reason):
-                t = Transition(t.slave, t.old, nxt.new, t.event, t.reason)
-                i += 1
-            self._log_transition(t)
-            i += 1
-
-    def _log_transition(self, t: Transition) -> None:
-        eq = self.config.equalizer_of(t.slave)
-        level = logging.WARNING if t.new in (State.DOWN, State.DOWN_DELAY, State.ABSENT, State.REFUSED) else NOTICE
-        if t.old is State.ABSENT and t.new is not State.UP:
-            level = logging.INFO
-        log.log(level, "%s: %s -> %s (%s)", t.slave, t.old.value, t.new.value, t.reason,
-                extra=fields(equalizer=eq, slave=t.slave, event=t.event.value, reason=t.reason))
-
-    def _log_faults(self, faults: tuple[Fault, ...]) -> None:
-        now = {f.key: f for f in faults}
-        for key, fault in now.items():
-            if key not in self._faults:
-                log.error("%s", fault.message, extra=fields(slave=fault.device, event="fault", reason=fault.message))
-        for key, fault in self._faults.items():
-            if key not in now:
-                log.info("%s: resolved: %s", fault.device, fault.message, extra=fields(event="resolved"))
-        self._faults = now
-
-    def _log_summary(self, what: str) -> None:
-        log.info("%s: %s", what, self.summary())
-
-    def summary(self) -> str:
-        """One line, e.g. "teql0: 2/2 slaves attached"."""
-        parts = []
-        for eq_name, eq in self.config.equalizers.items():
-            n = sum(1 for s in eq.slaves if (l := self.snap.link(s)) is not None and l.attached_to(eq_name))
-            parts.append(f"{eq_name}: {n}/{len(eq.slaves)} slaves attached")
-        return "; ".join(parts)
+        self.report.failed(action, e.detail or str(e), delay, first=old is None or old.error != str(e))
 
 
-async def run(config: Config) -> int:
+async def run(config: Config, config_path: str | None = None) -> int:
     """Run the daemon until SIGTERM or SIGINT; returns the exit status."""
-    return await Daemon(config).run()
+    return await Daemon(config, config_path=config_path).run()

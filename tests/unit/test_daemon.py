@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import signal
+from pathlib import Path
 import functools
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -84,8 +85,20 @@ def fresh() -> Snapshot:
     return snapshot(master(), slave(10, "wan0"), slave(11, "wan1"))
 
 
-async def start(kernel: FakeKernel) -> tuple[Daemon, asyncio.Task[int]]:
-    d = Daemon(config(), kernel)  # type: ignore[arg-type]
+DAEMON_CONFIG = """
+[daemon]
+metrics_listen = ""
+control_socket = ""
+
+[equalizers.teql0]
+slaves = ["wan0", "wan1"]
+address = "10.0.0.0/31"
+rp_filter = 0
+"""
+
+
+async def start(kernel: FakeKernel, config_path: str | None = None) -> tuple[Daemon, asyncio.Task[int]]:
+    d = Daemon(config(DAEMON_CONFIG), kernel, config_path=config_path)  # type: ignore[arg-type]
     task = asyncio.create_task(d.run())
     await until(lambda: kernel.dumps >= 1 and not d.core.plan(d.snap).actions)
     return d, task
@@ -153,4 +166,29 @@ async def test_deleted_device_race_is_not_an_error(caplog: pytest.LogCaptureFixt
         await until(lambda: d.core.machines["wan1"].state.value == "absent")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not d._backoff
+    assert await stop(task) == 0
+
+
+@run_async
+async def test_sighup_reload_applies_a_good_file_and_keeps_the_old_on_a_bad_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(DAEMON_CONFIG)
+    kernel = FakeKernel(fresh())
+    d, task = await start(kernel, str(path))
+    kernel.executed.clear()
+    path.write_text(DAEMON_CONFIG.replace('"wan0", "wan1"', '"wan0"'))
+    os.kill(os.getpid(), signal.SIGHUP)
+    await until(lambda: kernel.executed == ["tc qdisc del dev wan1 root teql0"])
+    assert d.config.equalizers["teql0"].slaves == ("wan0",)
+    assert d.status is not None and d.status.reload_successful
+    # A broken file: an error names the problem, nothing changes, no exit.
+    path.write_text(DAEMON_CONFIG.replace('slaves = ["wan0", "wan1"]', 'slaves = "wan0"'))
+    with caplog.at_level(logging.ERROR, logger="wanbalanced"):
+        os.kill(os.getpid(), signal.SIGHUP)
+        await until(lambda: d.status is not None and not d.status.reload_successful)
+    assert "reload failed, keeping the running configuration: equalizers.teql0.slaves" in caplog.text
+    assert d.config.equalizers["teql0"].slaves == ("wan0",)
+    assert not task.done()
     assert await stop(task) == 0

@@ -1,0 +1,134 @@
+"""Prometheus metrics, read from the published `Status`; never from netlink.
+
+prometheus-client serves scrapes from its own thread. The collector only reads
+the immutable Status the event loop last published (one reference, replaced
+atomically), so the two threads share nothing mutable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .status import STATES, Status
+
+log = logging.getLogger(__name__)
+
+FAULT_KINDS = ("refused", "missing_equalizer", "module_not_loaded", "route_clash", "rp_filter_all")
+# Fine enough to tell 100 µs from 10 ms.
+FAILOVER_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
+                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_STATS = (
+    ("transmit_bytes", "tx_bytes", "Bytes sent"),
+    ("receive_bytes", "rx_bytes", "Bytes received"),
+    ("transmit_packets", "tx_packets", "Packets sent"),
+    ("receive_packets", "rx_packets", "Packets received"),
+    ("transmit_errors", "tx_errors", "Transmit errors"),
+    ("receive_errors", "rx_errors", "Receive errors"),
+    ("transmit_drops", "tx_dropped", "Packets dropped on transmit"),
+    ("receive_drops", "rx_dropped", "Packets dropped on receive"),
+)
+SLAVE = ["equalizer", "slave"]
+
+
+class StatusCollector(Collector):
+    def __init__(self, current: Callable[[], Status | None]) -> None:
+        self.current = current
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.current()
+        if st is None:
+            return
+        g = {name: GaugeMetricFamily(f"wanbalanced_{name}", doc, labels=SLAVE) for name, doc in (
+            ("slave_attached", "1 when the equalizer is the slave's root qdisc in the kernel"),
+            ("slave_carrier", "1 when the slave is up with carrier"),
+            ("slave_up", "1 when the daemon wants the slave in its equalizer (healthy)"),
+            ("slave_state_since_timestamp_seconds", "Unix time of the slave's last state change"),
+        )}
+        state = GaugeMetricFamily("wanbalanced_slave_state", "1 for the slave's current state",
+                                  labels=[*SLAVE, "state"])
+        attaches = CounterMetricFamily("wanbalanced_slave_attaches", "Times the daemon attached the slave",
+                                       labels=SLAVE)
+        detaches = CounterMetricFamily("wanbalanced_slave_detaches", "Times the daemon detached the slave",
+                                       labels=SLAVE)
+        stats = {attr: CounterMetricFamily(f"wanbalanced_slave_{name}", f"{doc} (the link's 64-bit counter)",
+                                           labels=SLAVE) for name, attr, doc in _STATS}
+        for s in st.slaves:
+            labels = [s.equalizer, s.slave]
+            g["slave_attached"].add_metric(labels, s.attached)
+            g["slave_carrier"].add_metric(labels, s.carrier)
+            g["slave_up"].add_metric(labels, s.up)
+            g["slave_state_since_timestamp_seconds"].add_metric(labels, s.since)
+            for value in STATES:
+                state.add_metric([*labels, value], value == s.state)
+            attaches.add_metric(labels, s.attaches)
+            detaches.add_metric(labels, s.detaches)
+            if s.stats is not None:
+                for attr, family in stats.items():
+                    family.add_metric(labels, getattr(s.stats, attr))
+        yield from g.values()
+        yield state
+        yield attaches
+        yield detaches
+        yield from stats.values()
+
+        eq = {name: GaugeMetricFamily(f"wanbalanced_equalizer_{name}", doc, labels=["equalizer"]) for name, doc in (
+            ("attached_slaves", "Slaves attached in the kernel"),
+            ("configured_slaves", "Slaves in the configuration"),
+            ("up", "1 when the teql device exists and is up"),
+            ("default_route", "1 while the default route via the equalizer is in the kernel"),
+        )}
+        for e in st.equalizers:
+            eq["attached_slaves"].add_metric([e.equalizer], e.attached)
+            eq["configured_slaves"].add_metric([e.equalizer], e.configured)
+            eq["up"].add_metric([e.equalizer], e.up)
+            eq["default_route"].add_metric([e.equalizer], e.default_route)
+        yield from eq.values()
+
+        faults = GaugeMetricFamily("wanbalanced_faults", "Active faults the operator must fix, by kind",
+                                   labels=["kind"])
+        for kind in FAULT_KINDS:
+            faults.add_metric([kind], sum(1 for f in st.faults if f.kind == kind))
+        yield faults
+        yield GaugeMetricFamily("wanbalanced_config_last_reload_successful",
+                                "1 if the last configuration load succeeded", value=st.reload_successful)
+        yield GaugeMetricFamily("wanbalanced_config_last_reload_success_timestamp_seconds",
+                                "Unix time of the last successful configuration load",
+                                value=st.reload_success_time)
+        yield CounterMetricFamily("wanbalanced_netlink_resyncs", "Full resyncs after lost netlink events",
+                                  value=st.resyncs)
+        info = GaugeMetricFamily("wanbalanced_build_info", "Version of the running daemon", labels=["version"])
+        info.add_metric([st.version], 1)
+        yield info
+
+
+class Metrics:
+    """The registry, the failover histogram and the HTTP endpoint."""
+
+    def __init__(self, current: Callable[[], Status | None]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatusCollector(current))
+        self.failover = Histogram(
+            "wanbalanced_failover_seconds",
+            "From the kernel event the daemon received to the kernel change it caused",
+            ["action"], buckets=FAILOVER_BUCKETS, registry=self.registry,
+        )
+        self._server: Any = None
+
+    def serve(self, listen: str) -> None:
+        """Start the endpoint on "host:port" or "[v6]:port"; "" disables it."""
+        if not listen:
+            return
+        host, _, port = listen.rpartition(":")
+        self._server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        log.info("metrics on http://%s/metrics", listen)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

@@ -1,0 +1,83 @@
+"""How the daemon tells the operator what happened: one log record per state
+change, kernel write and fault, with structured fields and a fitting priority
+(a detach is a warning, a re-slave a notice, a kernel refusal an error)."""
+
+from __future__ import annotations
+
+import logging
+
+from .actions import Action, Attach, Detach, SetRpFilter
+from .config import Config
+from .core import Fault
+from .logs import NOTICE, fields
+from .slave import Event, State, Transition
+
+log = logging.getLogger("wanbalanced.daemon")
+
+_GOING_DOWN = (State.DOWN, State.DOWN_DELAY, State.ABSENT, State.REFUSED)
+
+
+class Reporter:
+    """Logs transitions, writes and faults; remembers faults to log each once."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.faults: dict[str, Fault] = {}
+
+    def transitions(self, transitions: list[Transition]) -> None:
+        """Log each transition; a zero delay's pair (up -> down_delay -> down)
+        reads as one step."""
+        i = 0
+        while i < len(transitions):
+            t = transitions[i]
+            nxt = transitions[i + 1] if i + 1 < len(transitions) else None
+            if (nxt is not None and nxt.slave == t.slave and nxt.event is Event.TIMER
+                    and t.new in (State.UP_DELAY, State.DOWN_DELAY) and nxt.reason == t.reason):
+                t = Transition(t.slave, t.old, nxt.new, t.event, t.reason)
+                i += 1
+            self.transition(t)
+            i += 1
+
+    def transition(self, t: Transition) -> None:
+        level = logging.WARNING if t.new in _GOING_DOWN else NOTICE
+        if t.old is State.ABSENT and t.new is not State.UP:
+            level = logging.INFO
+        log.log(level, "%s: %s -> %s (%s)", t.slave, t.old.value, t.new.value, t.reason,
+                extra=fields(equalizer=self.config.equalizer_of(t.slave), slave=t.slave,
+                             event=t.event.value, reason=t.reason))
+
+    def write(self, action: Action, took_ms: float | None) -> None:
+        """A kernel write that succeeded, as its equivalent command."""
+        slave = action.device if isinstance(action, (Attach, Detach, SetRpFilter)) else None
+        eq = self.config.equalizer_of(action.device) if slave else action.device
+        level, event = logging.INFO, "converge"
+        if isinstance(action, Detach):
+            level, event = logging.WARNING, "detach"
+        elif isinstance(action, Attach):
+            level, event = NOTICE, "attach"
+        when = f"; {took_ms:.1f} ms after the event" if took_ms is not None else ""
+        log.log(level, "%s: %s (%s%s)", action.device, action.command(), action.reason, when,
+                extra=fields(equalizer=eq, slave=slave, event=event, reason=action.reason,
+                             command=action.command()))
+
+    def refused(self, action: Attach, message: str) -> None:
+        log.error("%s", message, extra=fields(equalizer=action.equalizer, slave=action.slave, event="refused",
+                                              reason=message, command=action.command()))
+        # Logged here with its cause; the plan's fault must not repeat it.
+        fault = Fault("refused", action.slave, message)
+        self.faults[fault.key] = fault
+
+    def failed(self, action: Action, error: str, retry_in: float, first: bool) -> None:
+        log.log(logging.ERROR if first else logging.DEBUG, "%s: %s failed: %s; retrying in %gs",
+                action.device, action.command(), error, retry_in,
+                extra=fields(event="error", reason=error, command=action.command()))
+
+    def update_faults(self, faults: tuple[Fault, ...]) -> None:
+        now = {f.key: f for f in faults}
+        for key, fault in now.items():
+            if key not in self.faults:
+                log.error("%s", fault.message, extra=fields(slave=fault.device, event="fault", reason=fault.message))
+        for key, fault in self.faults.items():
+            if key not in now:
+                log.info("%s: resolved: %s", fault.device, fault.message, extra=fields(event="resolved"))
+        self.faults = now

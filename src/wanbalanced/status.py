@@ -1,0 +1,179 @@
+"""What the daemon knows, as one immutable value, and the control socket.
+
+The event loop builds a `Status` after every reconcile and publishes it by
+replacing one reference; the metrics thread and `wanbalanced status` only read
+that value, never netlink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .core import Core, Fault
+from .observed import LinkStats, Snapshot
+from .slave import State
+
+
+@dataclass(frozen=True)
+class SlaveStatus:
+    equalizer: str
+    slave: str
+    state: str
+    exists: bool
+    carrier: bool
+    attached: bool
+    up: bool
+    since: float  # unix time of the last state change
+    reason: str
+    attaches: int
+    detaches: int
+    stats: LinkStats | None
+
+
+@dataclass(frozen=True)
+class EqualizerStatus:
+    equalizer: str
+    exists: bool
+    up: bool
+    attached: int
+    configured: int
+    default_route: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    version: str
+    pid: int
+    slaves: tuple[SlaveStatus, ...]
+    equalizers: tuple[EqualizerStatus, ...]
+    faults: tuple[Fault, ...]
+    reload_successful: bool
+    reload_success_time: float
+    resyncs: int
+
+    def summary(self) -> str:
+        """One line, e.g. "teql0: 2/2 slaves attached"."""
+        return "; ".join(f"{e.equalizer}: {e.attached}/{e.configured} slaves attached" for e in self.equalizers)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["faults"] = [{"kind": f.kind, "device": f.device, "message": f.message} for f in self.faults]
+        return data
+
+
+def build(
+    config: Config, core: Core, snap: Snapshot, *, version: str, attaches: dict[str, int],
+    detaches: dict[str, int], faults: tuple[Fault, ...], reload_successful: bool,
+    reload_success_time: float, resyncs: int, mono_now: float, wall_now: float,
+) -> Status:
+    """Assemble the status from the core's machines and the snapshot."""
+    slaves = []
+    equalizers = []
+    for eq_name, eq in config.equalizers.items():
+        master = snap.link(eq_name)
+        attached = 0
+        for name in eq.slaves:
+            m = core.machines[name]
+            link = snap.link(name)
+            is_attached = link is not None and link.attached_to(eq_name)
+            attached += is_attached
+            slaves.append(SlaveStatus(
+                equalizer=eq_name, slave=name, state=m.state.value, exists=link is not None,
+                carrier=link is not None and link.has_carrier, attached=is_attached,
+                up=m.wants_attached, since=wall_now - (mono_now - m.since), reason=m.reason,
+                attaches=attaches.get(name, 0), detaches=detaches.get(name, 0),
+                stats=link.stats if link is not None else None,
+            ))
+        route = master is not None and any(
+            r.oif == master.index and r.priority == eq.route_metric and r.gateway is None
+            for r in snap.default_routes(eq.route_table)
+        )
+        equalizers.append(EqualizerStatus(
+            equalizer=eq_name, exists=master is not None, up=master is not None and master.admin_up,
+            attached=attached, configured=len(eq.slaves), default_route=route,
+        ))
+    return Status(
+        version=version, pid=os.getpid(), slaves=tuple(slaves), equalizers=tuple(equalizers), faults=faults,
+        reload_successful=reload_successful, reload_success_time=reload_success_time, resyncs=resyncs,
+    )
+
+
+STATES = tuple(s.value for s in State)
+
+
+# -- the control socket -----------------------------------------------------------
+
+
+class ControlError(Exception):
+    """No daemon answers, or it answered nonsense."""
+
+
+class AlreadyRunning(Exception):
+    """Another daemon answers on the control socket."""
+
+
+async def serve(path: str, current: Any) -> asyncio.AbstractServer:
+    """Answer `status` on a unix socket with `current()` as JSON.
+
+    Refuses to take the socket over from a daemon that still answers on it: two
+    daemons would fight over the same equalizer.
+    """
+    p = Path(path)
+    if p.exists():
+        with contextlib.suppress(ControlError):
+            await asyncio.wait_for(asyncio.to_thread(query, path, 1.0), 2.0)
+            raise AlreadyRunning(f"another wanbalanced answers on {path}")
+        p.unlink()
+    p.parent.mkdir(parents=True, exist_ok=True)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5.0)
+            if line.strip() == b"status":
+                writer.write(json.dumps(current().to_json()).encode() + b"\n")
+            else:
+                writer.write(json.dumps({"error": f"unknown command {line.strip()!r}"}).encode() + b"\n")
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    old = os.umask(0o077)  # root only: the status names interfaces and reasons
+    try:
+        return await asyncio.start_unix_server(handle, path)
+    finally:
+        os.umask(old)
+
+
+def query(path: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Ask the daemon on `path` for its status (blocking; used by the CLI)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(b"status\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    except FileNotFoundError:
+        raise ControlError(f"no daemon: {path} does not exist (is wanbalanced running?)") from None
+    except ConnectionRefusedError:
+        raise ControlError(f"no daemon answers on {path} (is wanbalanced running?)") from None
+    except OSError as e:
+        raise ControlError(f"cannot ask the daemon on {path}: {e}") from None
+    try:
+        answer: dict[str, Any] = json.loads(data)
+    except ValueError:
+        raise ControlError(f"the daemon on {path} sent an unreadable answer") from None
+    if "error" in answer:
+        raise ControlError(str(answer["error"]))
+    return answer

@@ -1,0 +1,185 @@
+"""Status, metrics exposition, control socket, sd_notify and journald mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from kernelstate import config, converged, master, slave, snapshot
+from prometheus_client import generate_latest
+
+from wanbalanced import logs, status
+from wanbalanced.core import Core, Fault
+from wanbalanced.metrics import Metrics
+from wanbalanced.notify import Notifier
+from wanbalanced.observed import LinkStats
+
+
+def make_status() -> status.Status:
+    snap = converged()
+    snap.put_link(slave(11, "wan1", teql="teql0", carrier=False))
+    snap.put_link(dataclasses_replace_stats(snap.links[10]))
+    core = Core(config(), 100.0)
+    core.observe(converged(), 100.0)
+    core.observe(snap, 160.0)
+    return status.build(
+        config(), core, snap, version="9.9.9", attaches={"wan0": 1, "wan1": 1}, detaches={"wan1": 1},
+        faults=(Fault("rp_filter_all", "wan0", "fix all"),), reload_successful=True,
+        reload_success_time=1_700_000_000.0, resyncs=2, mono_now=200.0, wall_now=1_700_000_200.0,
+    )
+
+
+def dataclasses_replace_stats(link: object) -> object:
+    import dataclasses
+    return dataclasses.replace(link, stats=LinkStats(rx_bytes=1000, tx_bytes=2000, tx_packets=20))  # type: ignore
+
+
+def test_status_says_what_the_kernel_and_the_machines_hold() -> None:
+    st = make_status()
+    wan0, wan1 = st.slaves
+    assert (wan0.state, wan0.attached, wan0.carrier, wan0.up) == ("up", True, True, True)
+    # wan1 lost carrier; the snapshot still shows it attached until the detach.
+    assert (wan1.state, wan1.carrier, wan1.up, wan1.detaches) == ("down", False, False, 1)
+    assert wan1.since == pytest.approx(1_700_000_200.0 - 40.0)
+    assert st.summary() == "teql0: 2/2 slaves attached"
+    assert st.to_json()["faults"] == [{"kind": "rp_filter_all", "device": "wan0", "message": "fix all"}]
+
+
+def exposition() -> str:
+    st = make_status()
+    m = Metrics(lambda: st)
+    m.failover.labels("detach").observe(0.0004)
+    return generate_latest(m.registry).decode()
+
+
+def test_metrics_exposition_has_the_contracted_series() -> None:
+    text = exposition()
+    for line in (
+        'wanbalanced_slave_attached{equalizer="teql0",slave="wan0"} 1.0',
+        'wanbalanced_slave_carrier{equalizer="teql0",slave="wan1"} 0.0',
+        'wanbalanced_slave_up{equalizer="teql0",slave="wan1"} 0.0',
+        'wanbalanced_slave_state{equalizer="teql0",slave="wan1",state="down"} 1.0',
+        'wanbalanced_slave_state{equalizer="teql0",slave="wan1",state="up"} 0.0',
+        'wanbalanced_slave_detaches_total{equalizer="teql0",slave="wan1"} 1.0',
+        'wanbalanced_slave_transmit_bytes_total{equalizer="teql0",slave="wan0"} 2000.0',
+        'wanbalanced_slave_receive_bytes_total{equalizer="teql0",slave="wan0"} 1000.0',
+        'wanbalanced_equalizer_attached_slaves{equalizer="teql0"} 2.0',
+        'wanbalanced_equalizer_default_route{equalizer="teql0"} 1.0',
+        'wanbalanced_faults{kind="rp_filter_all"} 1.0',
+        'wanbalanced_config_last_reload_successful 1.0',
+        'wanbalanced_netlink_resyncs_total 2.0',
+        'wanbalanced_build_info{version="9.9.9"} 1.0',
+        'wanbalanced_failover_seconds_bucket{action="detach",le="0.0005"} 1.0',
+        'wanbalanced_failover_seconds_bucket{action="detach",le="0.00025"} 0.0',
+    ):
+        assert line in text.splitlines(), line
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
+def test_metrics_pass_promtool_check_metrics() -> None:
+    result = subprocess.run(["promtool", "check", "metrics"], input=exposition(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_status_yet_means_no_series() -> None:
+    m = Metrics(lambda: None)
+    text = generate_latest(m.registry).decode()
+    assert "wanbalanced_slave" not in text
+
+
+def test_control_socket_roundtrip_and_second_daemon_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "control.sock")
+    st = make_status()
+
+    async def scenario() -> None:
+        server = await status.serve(path, lambda: st)
+        assert os.stat(path).st_mode & 0o077 == 0, "root only"
+        answer = await asyncio.to_thread(status.query, path)
+        assert answer["slaves"][1]["slave"] == "wan1" and answer["slaves"][1]["state"] == "down"
+        with pytest.raises(status.AlreadyRunning):
+            await status.serve(path, lambda: st)
+        server.close()
+        await server.wait_closed()
+        # A stale socket of a dead daemon is taken over.
+        server = await status.serve(path, lambda: st)
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_query_without_daemon_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(status.ControlError, match="is wanbalanced running"):
+        status.query(str(tmp_path / "nope.sock"))
+
+
+def test_sd_notify_protocol_and_watchdog_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "10000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    n = Notifier()
+    n.ready("teql0: 2/2 slaves attached")
+    assert sock.recv(4096).decode().split("\n") == ["READY=1", "STATUS=teql0: 2/2 slaves attached"]
+    n.reloading()
+    lines = sock.recv(4096).decode().split("\n")
+    assert lines[0] == "RELOADING=1" and lines[1].startswith("MONOTONIC_USEC=") and int(lines[1][15:]) > 0
+    n.status("teql0: 2/2 slaves attached")  # unchanged: nothing sent
+    n.status("teql0: 1/2 slaves attached")
+    assert sock.recv(4096) == b"STATUS=teql0: 1/2 slaves attached"
+    assert n.watchdog_interval() == 5.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")
+    assert n.watchdog_interval() is None, "the watchdog is for another process"
+    sock.close()
+
+
+def test_no_notify_socket_means_silence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    n = Notifier()
+    assert not n.enabled and n.watchdog_interval() is None
+    n.ready("x")  # must not raise
+
+
+def test_journald_priorities() -> None:
+    handler = logs.journal_handler()
+    assert handler is not None
+    prio = handler.map_priority  # type: ignore[attr-defined]
+    assert [prio(level) for level in (logging.DEBUG, logging.INFO, logs.NOTICE, logging.WARNING, logging.ERROR)] \
+        == [7, 6, 5, 4, 3]
+
+
+def test_journald_fields_reach_the_sender() -> None:
+    handler = logs.journal_handler()
+    assert handler is not None
+    sent: list[dict[str, object]] = []
+    handler.send = lambda MESSAGE, **kw: sent.append({"MESSAGE": MESSAGE, **kw})  # type: ignore[attr-defined]
+    logger = logging.getLogger("wanbalanced.test-journal")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        logger.warning("wan0: tc qdisc del dev wan0 root teql0", extra=logs.fields(slave="wan0", event="detach"))
+    finally:
+        logger.removeHandler(handler)
+    assert sent[0]["PRIORITY"] == "4" and sent[0]["SLAVE"] == "wan0" and sent[0]["EVENT"] == "detach"
+    assert sent[0]["SYSLOG_IDENTIFIER"] == "wanbalanced"
+
+
+def test_journal_detection_compares_the_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with open(tmp_path / "f", "w") as f:
+        st = os.fstat(f.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert logs.under_journald(f)
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")
+        assert not logs.under_journald(f)
+
+
+def test_unused_builders_still_build() -> None:
+    assert snapshot(master(), slave(1, "wan0")).link("wan0") is not None
