@@ -173,8 +173,7 @@ class Daemon:
                 if _REFRESH in intents:
                     for link in await self.kernel.dump_links():
                         self.snap.put_link(link)
-                events = len(items) > len(intents)
-                await self.reconcile(woke if events else None)
+                await self.reconcile(woke)
             if _RELOAD in intents:
                 await self.reload()
             self.notifier.status(self._publish())
@@ -244,8 +243,9 @@ class Daemon:
     async def reconcile(self, woke: float | None) -> None:
         """Observe, plan, execute; repeat while the plan makes progress.
 
-        `woke` is when the kernel event that caused this pass was received, to
-        measure failover latency; None for timers, reloads and start-up."""
+        `woke` is when the loop woke for what caused this pass (a kernel event,
+        or a delay running out), to measure failover latency; None at start-up,
+        on reload and on resync, where no single cause exists."""
         for _ in range(MAX_PASSES):
             now = self.clock()
             self.report.transitions(self.core.observe(self.snap, now))

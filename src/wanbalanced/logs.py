@@ -24,7 +24,7 @@ LEVELS = {
 }
 
 #: The structured fields wanbalanced attaches to records.
-FIELDS = ("EQUALIZER", "SLAVE", "EVENT", "REASON", "COMMAND")
+FIELDS = ("EQUALIZER", "SLAVE", "EVENT", "FAULT", "REASON", "COMMAND")
 
 
 def fields(**kw: object) -> dict[str, object]:

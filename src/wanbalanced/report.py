@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from .actions import Action, Attach, Detach, SetRpFilter
+from .actions import Action, Attach, Detach
 from .config import Config
 from .core import Fault
 from .logs import NOTICE, fields
@@ -46,10 +46,13 @@ class Reporter:
                 extra=fields(equalizer=self.config.equalizer_of(t.slave), slave=t.slave,
                              event=t.event.value, reason=t.reason))
 
+    def _where(self, device: str) -> dict[str, object]:
+        """EQUALIZER and SLAVE fields for a device, whichever it is."""
+        eq = self.config.equalizer_of(device)
+        return {"equalizer": eq, "slave": device} if eq is not None else {"equalizer": device}
+
     def write(self, action: Action, took_ms: float | None) -> None:
         """A kernel write that succeeded, as its equivalent command."""
-        slave = action.device if isinstance(action, (Attach, Detach, SetRpFilter)) else None
-        eq = self.config.equalizer_of(action.device) if slave else action.device
         level, event = logging.INFO, "converge"
         if isinstance(action, Detach):
             level, event = logging.WARNING, "detach"
@@ -57,12 +60,12 @@ class Reporter:
             level, event = NOTICE, "attach"
         when = f"; {took_ms:.1f} ms after the event" if took_ms is not None else ""
         log.log(level, "%s: %s (%s%s)", action.device, action.command(), action.reason, when,
-                extra=fields(equalizer=eq, slave=slave, event=event, reason=action.reason,
+                extra=fields(**self._where(action.device), event=event, reason=action.reason,
                              command=action.command()))
 
     def refused(self, action: Attach, message: str) -> None:
         log.error("%s", message, extra=fields(equalizer=action.equalizer, slave=action.slave, event="refused",
-                                              reason=message, command=action.command()))
+                                              fault="refused", reason=message, command=action.command()))
         # Logged here with its cause; the plan's fault must not repeat it.
         fault = Fault("refused", action.slave, message)
         self.faults[fault.key] = fault
@@ -70,14 +73,16 @@ class Reporter:
     def failed(self, action: Action, error: str, retry_in: float, first: bool) -> None:
         log.log(logging.ERROR if first else logging.DEBUG, "%s: %s failed: %s; retrying in %gs",
                 action.device, action.command(), error, retry_in,
-                extra=fields(event="error", reason=error, command=action.command()))
+                extra=fields(**self._where(action.device), event="error", reason=error, command=action.command()))
 
     def update_faults(self, faults: tuple[Fault, ...]) -> None:
         now = {f.key: f for f in faults}
         for key, fault in now.items():
             if key not in self.faults:
-                log.error("%s", fault.message, extra=fields(slave=fault.device, event="fault", reason=fault.message))
+                log.error("%s", fault.message, extra=fields(**self._where(fault.device), event="fault",
+                                                            fault=fault.kind, reason=fault.message))
         for key, fault in self.faults.items():
             if key not in now:
-                log.info("%s: resolved: %s", fault.device, fault.message, extra=fields(event="resolved"))
+                log.info("%s: resolved: %s", fault.device, fault.message,
+                         extra=fields(**self._where(fault.device), event="resolved", fault=fault.kind))
         self.faults = now
