@@ -18,8 +18,8 @@ from typing import Annotated, Any, Iterable, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       ValidationError, ValidationInfo, model_validator)
 
-__all__ = ["Config", "ConfigError", "DaemonConfig", "Duration", "EqualizerConfig",
-           "Problem", "SlaveConfig", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "DaemonConfig", "DampingConfig", "Duration", "EqualizerConfig",
+           "ProbeConfig", "Problem", "SlaveConfig", "load_config", "parse_config"]
 
 Loc = tuple[str | int, ...]
 _MAX_DURATION = 86400.0  # a day: anything longer is surely a typo, not a debounce
@@ -153,10 +153,84 @@ def _check_stats_interval(v: float) -> float:
     return v
 
 
+def _parse_ipv4(v: object) -> object:
+    if isinstance(v, IPv4Address):
+        return v
+    if not isinstance(v, str):
+        raise ValueError(f'expected an IPv4 address such as "192.0.2.1", got {_toml_type(v)}')
+    try:
+        return IPv4Address(v)
+    except ValueError:
+        raise ValueError(f"{_q(v)} is not an IPv4 address") from None
+
+
+IPv4 = Annotated[IPv4Address, BeforeValidator(_parse_ipv4)]
+
+
+def _unique(targets: tuple[IPv4Address, ...]) -> tuple[IPv4Address, ...]:
+    if len(set(targets)) != len(targets):
+        raise ValueError("lists a target twice")
+    return targets
+
+
+class ProbeConfig(BaseModel):
+    """ICMP echo probes through one slave ([slaves.<name>.probe]).
+
+    A round sends one echo to every target; it is good when at least
+    `min_targets` answer within `timeout` (and within `max_rtt`, if set).
+    The defaults are conservative: about 5 s to declare a line dead, and a
+    false alarm needs 5 lost rounds in a row.
+    """
+
+    model_config = _STRICT
+    targets: Annotated[tuple[IPv4, ...], Field(min_length=1, max_length=16), AfterValidator(_unique),
+                       BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
+    interval: Annotated[Duration, Field(ge=0.05, le=60.0)] = 1.0
+    timeout: Annotated[Duration, Field(ge=0.01, le=60.0)] = 1.0
+    down_after: Annotated[int, Field(ge=1, le=1000)] = 5   # consecutive failed rounds: dead
+    up_after: Annotated[int, Field(ge=1, le=1000)] = 5     # consecutive good rounds: healthy again
+    min_targets: Annotated[int, Field(ge=1, le=16)] = 1
+    max_rtt: Duration | None = None                       # slower replies count as lost
+    source: IPv4 | None = None                            # source address of the probes
+
+    @model_validator(mode="after")
+    def _enough_targets(self) -> ProbeConfig:
+        if self.min_targets > len(self.targets):
+            raise ValueError(f"min_targets ({self.min_targets}) is more than the {len(self.targets)} target(s)")
+        return self
+
+
+class DampingConfig(BaseModel):
+    """Flap damping in the spirit of RFC 2439 ([slaves.<name>.damping]).
+
+    Each flap (the slave leaving the equalizer on a fault) adds `penalty`; the
+    penalty halves every `half_life`. Past `suppress` the slave is held down
+    until the penalty decays below `reuse`, never longer than `max_suppress`.
+    With the defaults one or two failures never suppress; three within a
+    minute or so do, for about a minute and a half.
+    """
+
+    model_config = _STRICT
+    enabled: bool = True
+    penalty: Annotated[float, Field(gt=0, le=1e6)] = 1000.0
+    suppress: Annotated[float, Field(gt=0, le=1e7)] = 2500.0
+    reuse: Annotated[float, Field(gt=0, le=1e7)] = 800.0
+    half_life: Annotated[Duration, Field(gt=0)] = 60.0
+    max_suppress: Annotated[Duration, Field(gt=0)] = 600.0
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> DampingConfig:
+        if self.reuse >= self.suppress:
+            raise ValueError(f"reuse ({self.reuse:g}) must be below suppress ({self.suppress:g})")
+        return self
+
+
 class SlaveConfig(BaseModel):
     """Per-slave settings ([slaves.<name>]); both delays debounce carrier flaps."""
 
     model_config = _STRICT
+    probe: ProbeConfig | None = None
+    damping: DampingConfig = DampingConfig()
     up_delay: Duration = 0.0  # carrier must stay up this long before re-slaving
     down_delay: Duration = 0.0  # carrier must stay down this long before detaching
 

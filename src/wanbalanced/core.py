@@ -25,7 +25,8 @@ from .actions import (
     ReplaceDefaultRoute,
     SetRpFilter,
 )
-from .config import Config, EqualizerConfig
+from .config import Config, EqualizerConfig, ProbeConfig, SlaveConfig
+from .health import Damping, Verdict
 from .observed import (
     IFA_F_NOPREFIXROUTE,
     IFF_BROADCAST,
@@ -37,7 +38,7 @@ from .observed import (
     Link,
     Snapshot,
 )
-from .slave import Event, SlaveMachine, State, Transition
+from .slave import TRANSITIONS, WANTS_ATTACHED, Event, SlaveMachine, State, Transition
 
 _FLAGS = IFF_BROADCAST | IFF_POINTOPOINT | IFF_MULTICAST
 
@@ -68,19 +69,77 @@ class Plan:
         return not self.actions
 
 
+class SlaveBook:
+    """Everything the core keeps about one slave: its machine, its settings,
+    its probe verdict and its flap penalty."""
+
+    def __init__(self, machine: SlaveMachine, settings: SlaveConfig, honour_delays: bool) -> None:
+        self.machine = machine
+        self.honour_delays = honour_delays
+        self.verdict: Verdict | None = None
+        self.configure(settings)
+
+    def configure(self, settings: SlaveConfig) -> None:
+        """(Re)apply settings; the state, verdict and penalty carry over."""
+        self.settings = settings
+        self.up_delay = settings.up_delay if self.honour_delays else 0.0
+        self.down_delay = settings.down_delay if self.honour_delays else 0.0
+        probe = settings.probe
+        if probe is None:
+            self.verdict = None
+        elif self.verdict is None:
+            self.verdict = Verdict(probe.down_after, probe.up_after, good=False)
+        else:
+            self.verdict.down_after, self.verdict.up_after = probe.down_after, probe.up_after
+        old = getattr(self, "damping", None)
+        self.damping = Damping(settings.damping)
+        if old is not None:
+            self.damping.penalty, self.damping.at, self.damping.suppressed = old.penalty, old.at, old.suppressed
+
+    @property
+    def healthy(self) -> bool:
+        """The probe verdict; a slave without probes is judged by carrier alone."""
+        return self.verdict is None or self.verdict.good or not self.honour_delays
+
+    def unproven(self) -> None:
+        if self.verdict is not None:
+            self.verdict.reset(good=False)
+
+    def proven(self) -> None:
+        if self.verdict is not None:
+            self.verdict.reset(good=True)
+
+    def probe_reason(self, good: bool) -> str:
+        probe = self.settings.probe
+        if probe is None:
+            return "no probes"
+        if good:
+            return f"{probe.up_after} good probe rounds in a row"
+        return f"{probe.down_after} failed probe rounds in a row (far side dead?)"
+
+    def hold_reason(self, now: float) -> str:
+        reuse = self.damping.reuse_at()
+        hold = f"held down for {reuse - now:.0f}s" if reuse is not None else "held down"
+        return (f"flapping: penalty {self.damping.value(now):.0f} reached {self.settings.damping.suppress:g}; "
+                + hold)
+
+
 class Core:
     """Desired state for every configured equalizer and slave."""
 
     def __init__(self, config: Config, now: float, honour_delays: bool = True) -> None:
         self.config = config
-        self.machines: dict[str, SlaveMachine] = {}
+        self.honour_delays = honour_delays
+        self.slaves: dict[str, SlaveBook] = {}
         self._index: dict[str, int | None] = {}
         for eq in config.equalizers.values():
             for name in eq.slaves:
-                settings = config.slave(name)
-                up, down = (settings.up_delay, settings.down_delay) if honour_delays else (0.0, 0.0)
-                self.machines[name] = SlaveMachine(name, up, down, now)
+                self.slaves[name] = SlaveBook(SlaveMachine(name, now), config.slave(name), honour_delays)
                 self._index[name] = None
+
+    @property
+    def machines(self) -> dict[str, SlaveMachine]:
+        return {name: book.machine for name, book in self.slaves.items()}
 
     def reconfigure(self, new: Config, snap: Snapshot, now: float) -> list[Action]:
         """Switch to a new, already validated configuration.
@@ -93,17 +152,17 @@ class Core:
         """
         old = self.config
         cleanup: list[Action] = []
-        machines: dict[str, SlaveMachine] = {}
+        books: dict[str, SlaveBook] = {}
         for eq_name, eq in new.equalizers.items():
             for name in eq.slaves:
-                settings = new.slave(name)
-                m = self.machines.get(name)
-                if m is None or old.equalizer_of(name) != eq_name:
-                    m = SlaveMachine(name, settings.up_delay, settings.down_delay, now)
+                book = self.slaves.get(name)
+                if book is None or old.equalizer_of(name) != eq_name:
+                    book = SlaveBook(SlaveMachine(name, now), new.slave(name), self.honour_delays)
                     self._index[name] = None
-                m.up_delay, m.down_delay = settings.up_delay, settings.down_delay
-                machines[name] = m
-        for name in self.machines:
+                else:
+                    book.configure(new.slave(name))
+                books[name] = book
+        for name in self.slaves:
             old_eq = old.equalizer_of(name)
             link = snap.link(name)
             if old_eq is not None and new.equalizer_of(name) != old_eq and link is not None and link.attached_to(old_eq):
@@ -124,8 +183,8 @@ class Core:
                        for r in snap.default_routes(before.route_table)):
                     cleanup.append(DeleteDefaultRoute("default route changed in the configuration", eq_name,
                                                       master.index, before.route_metric, before.route_table))
-        self._index = {n: self._index.get(n) for n in machines}
-        self.machines = machines
+        self._index = {n: self._index.get(n) for n in books}
+        self.slaves = books
         self.config = new
         return cleanup
 
@@ -140,44 +199,109 @@ class Core:
         return out
 
     def _observe_slave(self, eq_name: str, name: str, snap: Snapshot, now: float) -> list[Transition]:
-        m = self.machines[name]
+        book = self.slaves[name]
         link = snap.link(name)
         out: list[Transition] = []
-        if link is None:
-            if m.state is not State.ABSENT:
-                out.append(m.handle(Event.VANISHED, now, "interface deleted"))
-            self._index[name] = None
-            return out
-        old_index = self._index[name]
-        self._index[name] = link.index
-        if m.state is not State.ABSENT and old_index is not None and old_index != link.index:
+        old_index, self._index[name] = self._index[name], link.index if link is not None else None
+        if (link is not None and book.machine.state is not State.ABSENT
+                and old_index is not None and old_index != link.index):
             # Deleted and created again under the same name (pppd redial) while
             # we were not looking: the new device has no qdisc and fresh sysctls.
-            out.append(m.handle(Event.VANISHED, now, f"interface recreated (ifindex {old_index} -> {link.index})"))
-        if m.state is State.ABSENT:
-            if link.attached_to(eq_name):
-                out.append(m.handle(Event.ADOPTED, now, f"found attached to {eq_name}"))
-                if not link.has_carrier:
-                    out.append(m.handle(Event.CARRIER_LOST, now, "found attached " + _why_down(link)))
-            elif link.has_carrier:
-                out.append(m.handle(Event.CARRIER_BACK, now, "appeared with carrier"))
-            else:
-                out.append(m.handle(Event.CARRIER_LOST, now, f"appeared {_why_down(link)}"))
-        elif link.has_carrier and m.state in (State.DOWN, State.DOWN_DELAY):
-            out.append(m.handle(Event.CARRIER_BACK, now, "carrier returned"))
-        elif not link.has_carrier and m.state in (State.UP_DELAY, State.UP, State.REFUSED):
-            out.append(m.handle(Event.CARRIER_LOST, now, _why_down(link, "carrier lost")))
-        elif m.state is State.REFUSED and m.refused_on != _refusal_context(eq_name, link, snap):
-            out.append(m.handle(Event.RETRY, now, "the slave or its equalizer changed since the refusal"))
-        expired = m.expire(now)
-        if expired is not None:
-            out.append(expired)
+            out.append(self._apply(book, Event.VANISHED,
+                                   f"interface recreated (ifindex {old_index} -> {link.index})", now))
+        # Several steps may follow at once (appeared -> up_delay -> up with a
+        # zero delay); the table bounds them, this only guards against a loop.
+        for _ in range(len(State) + 2):
+            step = self._next_event(eq_name, book, link, snap, now)
+            if step is None:
+                break
+            out.append(self._apply(book, *step, now=now))
         return out
+
+    def _next_event(
+        self, eq_name: str, book: SlaveBook, link: Link | None, snap: Snapshot, now: float
+    ) -> tuple[Event, str] | None:
+        """The one event the observed conditions imply now, if any."""
+        m = book.machine
+        st = m.state
+        if link is None:
+            return (Event.VANISHED, "interface deleted") if st is not State.ABSENT else None
+        carrier = link.has_carrier
+        if st is State.ABSENT:
+            if link.attached_to(eq_name):
+                return Event.ADOPTED, f"found attached to {eq_name}"
+            if carrier:
+                return Event.CARRIER_BACK, "appeared with carrier"
+            return Event.CARRIER_LOST, f"appeared {_why_down(link)}"
+        if st is State.HELD_DOWN:
+            if not book.damping.check(now):
+                return Event.REUSE, f"flap penalty decayed below {book.settings.damping.reuse:g}"
+            return None
+        if st in (State.DOWN, State.UP_DELAY, State.PROBING, State.FAILED) and book.damping.check(now):
+            return Event.SUPPRESSED, book.hold_reason(now)
+        if carrier and st in (State.DOWN, State.DOWN_DELAY):
+            return Event.CARRIER_BACK, "carrier returned"
+        if not carrier and st in (State.UP_DELAY, State.PROBING, State.UP, State.FAILED, State.REFUSED):
+            return Event.CARRIER_LOST, _why_down(link, "carrier lost")
+        expired = m.deadline is not None and now >= m.deadline
+        if st is State.UP_DELAY and expired:
+            why = f"carrier up for {book.up_delay:g}s" if book.up_delay else m.reason
+            if book.healthy:
+                return Event.TIMER, why
+            return Event.AWAIT_PROBES, f"{why}; waiting for {book.settings.probe.up_after if book.settings.probe else 0}" \
+                                       " good probe rounds"
+        if st is State.DOWN_DELAY and expired:
+            return Event.TIMER, f"carrier down for {book.down_delay:g}s" if book.down_delay else m.reason
+        if st in (State.PROBING, State.FAILED) and book.healthy:
+            return Event.PROBE_OK, book.probe_reason(good=True)
+        if st is State.UP and not book.healthy:
+            return Event.PROBE_FAILED, book.probe_reason(good=False)
+        if st is State.REFUSED and m.refused_on != _refusal_context(eq_name, link, snap):
+            return Event.RETRY, "the slave or its equalizer changed since the refusal"
+        return None
+
+    def _apply(self, book: SlaveBook, event: Event, reason: str, now: float) -> Transition:
+        """Run one event through the table, then keep the books: deadlines,
+        the probe verdict and the flap penalty."""
+        m = book.machine
+        new = TRANSITIONS.get((m.state, event))  # handle() refuses an illegal one
+        deadline = None
+        if new is State.UP_DELAY:
+            deadline = now + book.up_delay
+        elif new is State.DOWN_DELAY:
+            deadline = now + book.down_delay
+        t = m.handle(event, now, reason, deadline)
+        if t.new in (State.UP_DELAY, State.DOWN, State.ABSENT):
+            book.unproven()  # a line coming back must prove itself again
+        elif event is Event.ADOPTED:
+            book.proven()  # found working: keep it unless probes fail
+        if t.old in WANTS_ATTACHED and t.new in (State.DOWN, State.FAILED, State.ABSENT):
+            book.damping.flap(now)
+        if t.new is State.HELD_DOWN:
+            m.deadline = book.damping.reuse_at()
+        return t
+
+    def probe_round(self, name: str, ok: bool) -> bool:
+        """Count one probe round of a slave; True when its verdict flipped (the
+        caller should then reconcile)."""
+        book = self.slaves.get(name)
+        return book is not None and book.verdict is not None and book.verdict.record(ok)
+
+    def probe_settings(self, name: str, snap: Snapshot) -> ProbeConfig | None:
+        """The probes that should run on a slave now: while it exists with
+        carrier and may still be, or become, attached."""
+        book = self.slaves[name]
+        link = snap.link(name)
+        if book.settings.probe is None or link is None or not link.has_carrier:
+            return None
+        if book.machine.state in (State.ABSENT, State.DOWN, State.REFUSED):
+            return None
+        return book.settings.probe
 
     def refused(self, action: Attach, error: int, snap: Snapshot, now: float) -> tuple[Transition | None, str]:
         """Record that the kernel refused an attach; return the transition and
         a one-line diagnosis naming the cause and the fix."""
-        m = self.machines[action.slave]
+        m = self.slaves[action.slave].machine
         link = snap.link(action.slave)
         master = snap.link(action.equalizer)
         message = diagnose_refusal(action.equalizer, link, master, error)
@@ -188,7 +312,7 @@ class Core:
         return transition, message
 
     def next_deadline(self) -> float | None:
-        deadlines = [m.deadline for m in self.machines.values() if m.deadline is not None]
+        deadlines = [b.machine.deadline for b in self.slaves.values() if b.machine.deadline is not None]
         return min(deadlines, default=None)
 
     # -- planning ---------------------------------------------------------------
@@ -229,7 +353,7 @@ class Core:
         for name, link in slaves.items():
             if link is None:
                 continue
-            m = self.machines[name]
+            m = self.slaves[name].machine
             if m.wants_attached and not link.attached_to(eq_name):
                 replace = link.qdisc is not None and link.qdisc.handle != 0
                 actions.append(Attach(m.reason, eq_name, name, link.index, replace))

@@ -291,7 +291,7 @@ rp_filter = 0
 down_delay = "3s"
 """), snap, 5.0)
     assert [a.command() for a in cleanup] == ["tc qdisc del dev wan1 root teql0"]
-    assert core.machines["wan0"] is wan0 and wan0.state is State.UP and wan0.down_delay == 3.0
+    assert core.machines["wan0"] is wan0 and wan0.state is State.UP and core.slaves["wan0"].down_delay == 3.0
     assert "wan1" not in core.machines
     core.observe(snap, 5.0)
     # wan0 untouched, wan2 joins; wan1 (already detached by the clean-up) is left alone.
@@ -330,3 +330,91 @@ default_route = false
 """), snap, 1.0)
     assert [a.command() for a in cleanup] == ["tc qdisc del dev wan1 root teql0"]
     assert core.machines["wan1"].state is State.ABSENT  # a fresh start under teql1
+
+
+PROBED = """
+[equalizers.teql0]
+slaves = ["wan0", "wan1"]
+address = "10.0.0.0/31"
+rp_filter = 0
+[slaves.wan0.probe]
+targets = ["192.0.2.1"]
+interval = "100ms"
+timeout = "100ms"
+down_after = 3
+up_after = 3
+[slaves.wan0.damping]
+half_life = "10s"
+"""
+
+
+def rounds(core: Core, name: str, *oks: bool) -> bool:
+    flipped = False
+    for ok in oks:
+        flipped |= core.probe_round(name, ok)
+    return flipped
+
+
+def test_probed_slave_waits_for_up_after_good_rounds() -> None:
+    core = Core(config(PROBED), 0.0)
+    snap = snapshot(master(), slave(10, "wan0"), slave(11, "wan1"))
+    t = core.observe(snap, 0.0)
+    assert core.machines["wan0"].state is State.PROBING
+    assert [x.event.value for x in t if x.slave == "wan0"] == ["carrier_back", "await_probes"]
+    assert core.probe_settings("wan0", snap) is not None and core.probe_settings("wan1", snap) is None
+    assert commands(core, snap)[:2] == ["tc qdisc add dev wan1 root teql0", "ip link set teql0 up"]
+    assert not rounds(core, "wan0", True, True)
+    assert rounds(core, "wan0", True)
+    core.observe(snap, 0.3)
+    assert core.machines["wan0"].state is State.UP
+    assert "tc qdisc add dev wan0 root teql0" in commands(core, snap)
+
+
+def test_dead_line_with_carrier_is_detached_and_comes_back() -> None:
+    core = Core(config(PROBED), 0.0)
+    snap = converged()
+    core.observe(snap, 0.0)  # adopted: trusted until probes fail
+    assert core.machines["wan0"].state is State.UP
+    assert not rounds(core, "wan0", False, False, True, False, False)
+    core.observe(snap, 0.5)
+    assert core.plan(snap).converged, "no three failures in a row yet"
+    assert rounds(core, "wan0", False)
+    t = core.observe(snap, 0.6)
+    assert [(x.new, x.reason) for x in t] == [(State.FAILED, "3 failed probe rounds in a row (far side dead?)")]
+    assert commands(core, snap) == ["tc qdisc del dev wan0 root teql0"]
+    snap.put_qdisc(10, None)
+    assert core.probe_settings("wan0", snap) is not None, "a failed line is still probed"
+    assert rounds(core, "wan0", True, True, True)
+    core.observe(snap, 1.0)
+    assert commands(core, snap) == ["tc qdisc add dev wan0 root teql0"]
+
+
+def test_flapping_slave_is_held_down_then_reused() -> None:
+    core = Core(config(PROBED), 0.0)
+    snap = converged()
+    core.observe(snap, 0.0)
+    now = 0.0
+    m = core.machines["wan0"]
+    for i in range(3):  # three carrier flaps within a few seconds
+        assert m.state is State.UP
+        now += 1.0
+        snap.put_link(slave(10, "wan0", teql="teql0", carrier=False))
+        core.observe(snap, now)
+        now += 1.0
+        snap.put_link(slave(10, "wan0", teql="teql0"))
+        core.observe(snap, now)
+        if i < 2:
+            rounds(core, "wan0", True, True, True)  # proves itself, rejoins
+            core.observe(snap, now)
+    assert m.state is State.HELD_DOWN and m.reason.startswith("flapping: penalty ")
+    assert m.deadline is not None and core.next_deadline() == m.deadline
+    assert core.probe_settings("wan0", snap) is not None, "probes go on while held down"
+    rounds(core, "wan0", True, True, True)
+    core.observe(snap, m.deadline - 0.1)
+    assert m.state is State.HELD_DOWN, "healthy but still held"
+    held_until = m.deadline
+    t = core.observe(snap, held_until + 0.01)
+    assert [x.new for x in t] == [State.DOWN, State.UP_DELAY, State.PROBING]
+    rounds(core, "wan0", True, True, True)
+    core.observe(snap, held_until + 0.5)
+    assert m.state is State.UP
