@@ -60,6 +60,7 @@ from typing import Any
 
 __all__ = [
     "FAR_ADDR",
+    "FAR_ADDR2",
     "LOCAL_ADDR",
     "LOCAL_PREFIX",
     "NS",
@@ -94,6 +95,7 @@ JSON = dict[str, Any]
 
 NS = "rb"  #: router B's network namespace
 FAR_ADDR = "192.0.2.1"  #: router B's test address, reached through teql0
+FAR_ADDR2 = "192.0.2.2"  #: a second address of router B, for probes with two targets
 LOCAL_ADDR = "10.0.0.0"  #: router A's teql0 address (the seed's)
 LOCAL_PREFIX = "10.0.0.0/31"
 MASTER = "teql0"
@@ -538,6 +540,7 @@ class Lab:
                  "table", str(VRF_TABLE_BASE + i)],
                 ["link", "set", self.vrf(i), "up"],
                 ["addr", "add", f"{FAR_ADDR}/32", "dev", self.vrf(i)],
+                ["addr", "add", f"{FAR_ADDR2}/32", "dev", self.vrf(i)],
             ]
         batch(b, ns=NS)
         self._make_lines(range(n_slaves), up=up)

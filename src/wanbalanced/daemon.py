@@ -27,12 +27,13 @@ from .metrics import Metrics
 from .netlink import Kernel, KernelError, apply_event, expect
 from .notify import Notifier
 from .observed import Snapshot
+from .probing import ProbeManager
 from .report import Reporter
 
 log = logging.getLogger(__name__)
 
 # Intents queued beside the netlink messages.
-_STOP, _RELOAD, _RESYNC, _REFRESH = "stop", "reload", "resync", "refresh"
+_STOP, _RELOAD, _RESYNC, _REFRESH, _VERDICT = "stop", "reload", "resync", "refresh", "verdict"
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 MAX_PASSES = 8  # plan/execute passes per wake-up; more means the kernel fights back
 
@@ -71,6 +72,10 @@ class Daemon:
         self.report = Reporter(config)
         self.status: status.Status | None = None  # replaced whole; read by other threads
         self.metrics = Metrics(lambda: self.status)
+        self.probes = ProbeManager(
+            lambda: self.core, on_flip=lambda _slave: self._queue.put_nowait(_VERDICT),
+            on_rtt=lambda slave, target, rtt: self.metrics.probe_rtt.labels(slave, target).observe(rtt),
+        )
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._backoff: dict[Action, _Backoff] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -106,6 +111,7 @@ class Daemon:
             await self._loop()
         finally:
             self.notifier.stopping()
+            self.probes.stop_all()
             for task in [*self._tasks, self._reader]:
                 if task is not None:
                     task.cancel()
@@ -200,6 +206,7 @@ class Daemon:
             detaches=dict(self.counters.detaches), faults=tuple(self.report.faults.values()),
             reload_successful=self.counters.reload_successful,
             reload_success_time=self.counters.reload_success_time, resyncs=self.counters.resyncs,
+            probes={key: (c.sent, c.lost) for key, c in self.probes.counts.items()},
             mono_now=self.clock(), wall_now=time.time(),
         )
         return self.status.summary()
@@ -246,20 +253,23 @@ class Daemon:
         `woke` is when the loop woke for what caused this pass (a kernel event,
         or a delay running out), to measure failover latency; None at start-up,
         on reload and on resync, where no single cause exists."""
-        for _ in range(MAX_PASSES):
-            now = self.clock()
-            self.report.transitions(self.core.observe(self.snap, now))
-            plan = self.core.plan(self.snap)
-            self.report.update_faults(plan.faults)
-            self._backoff = {a: b for a, b in self._backoff.items() if a in plan.actions}
-            runnable = [a for a in plan.actions if a not in self._backoff or self._backoff[a].until <= now]
-            if not runnable:
-                return
-            progressed = False
-            for action in runnable:
-                progressed |= await self._execute(action, woke)
-            if not progressed:
-                return
+        try:
+            for _ in range(MAX_PASSES):
+                now = self.clock()
+                self.report.transitions(self.core.observe(self.snap, now))
+                plan = self.core.plan(self.snap)
+                self.report.update_faults(plan.faults)
+                self._backoff = {a: b for a, b in self._backoff.items() if a in plan.actions}
+                runnable = [a for a in plan.actions if a not in self._backoff or self._backoff[a].until <= now]
+                if not runnable:
+                    return
+                progressed = False
+                for action in runnable:
+                    progressed |= await self._execute(action, woke)
+                if not progressed:
+                    return
+        finally:
+            self.probes.sync(self.snap)
 
     async def _execute(self, action: Action, woke: float | None) -> bool:
         try:

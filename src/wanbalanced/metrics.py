@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 FAULT_KINDS = ("refused", "missing_equalizer", "module_not_loaded", "route_clash", "rp_filter_all")
 # Fine enough to tell 100 µs from 10 ms.
+PROBE_RTT_BUCKETS = (100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 0.5, 1.0,
+                     2.5, 5.0)
 FAILOVER_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
                     0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _STATS = (
@@ -49,6 +51,9 @@ class StatusCollector(Collector):
             ("slave_carrier", "1 when the slave is up with carrier"),
             ("slave_up", "1 when the daemon wants the slave in its equalizer (healthy)"),
             ("slave_state_since_timestamp_seconds", "Unix time of the slave's last state change"),
+            ("slave_flap_penalty", "The slave's flap penalty now (it halves every damping.half_life)"),
+            ("slave_held_down_until_timestamp_seconds",
+             "Unix time until which a flapping slave is held down; 0 when it is not"),
         )}
         state = GaugeMetricFamily("wanbalanced_slave_state", "1 for the slave's current state",
                                   labels=[*SLAVE, "state"])
@@ -64,6 +69,8 @@ class StatusCollector(Collector):
             g["slave_carrier"].add_metric(labels, s.carrier)
             g["slave_up"].add_metric(labels, s.up)
             g["slave_state_since_timestamp_seconds"].add_metric(labels, s.since)
+            g["slave_flap_penalty"].add_metric(labels, s.flap_penalty)
+            g["slave_held_down_until_timestamp_seconds"].add_metric(labels, s.held_down_until)
             for value in STATES:
                 state.add_metric([*labels, value], value == s.state)
             attaches.add_metric(labels, s.attaches)
@@ -89,6 +96,17 @@ class StatusCollector(Collector):
             eq["up"].add_metric([e.equalizer], e.up)
             eq["default_route"].add_metric([e.equalizer], e.default_route)
         yield from eq.values()
+
+        sent = CounterMetricFamily("wanbalanced_probe_sent", "ICMP echo requests sent through the slave",
+                                   labels=["slave", "target"])
+        lost = CounterMetricFamily("wanbalanced_probe_lost",
+                                   "Echo requests with no timely reply (or that could not be sent)",
+                                   labels=["slave", "target"])
+        for p in st.probes:
+            sent.add_metric([p.slave, p.target], p.sent)
+            lost.add_metric([p.slave, p.target], p.lost)
+        yield sent
+        yield lost
 
         faults = GaugeMetricFamily("wanbalanced_faults", "Active faults the operator must fix, by kind",
                                    labels=["kind"])
@@ -119,6 +137,10 @@ class Metrics:
             "wanbalanced_failover_seconds",
             "From the kernel event the daemon received to the kernel change it caused",
             ["action"], buckets=FAILOVER_BUCKETS, registry=self.registry,
+        )
+        self.probe_rtt = Histogram(
+            "wanbalanced_probe_rtt_seconds", "Round-trip time of ICMP echo probes through the slave",
+            ["slave", "target"], buckets=PROBE_RTT_BUCKETS, registry=self.registry,
         )
         self._server: Any = None
 

@@ -14,7 +14,7 @@ from .slave import Event, State, Transition
 
 log = logging.getLogger("wanbalanced.daemon")
 
-_GOING_DOWN = (State.DOWN, State.DOWN_DELAY, State.ABSENT, State.REFUSED)
+_GOING_DOWN = (State.DOWN, State.DOWN_DELAY, State.ABSENT, State.REFUSED, State.FAILED, State.HELD_DOWN)
 
 
 class Reporter:
@@ -40,7 +40,9 @@ class Reporter:
 
     def transition(self, t: Transition) -> None:
         level = logging.WARNING if t.new in _GOING_DOWN else NOTICE
-        if t.old is State.ABSENT and t.new is not State.UP:
+        if t.event is Event.REUSE:
+            level = NOTICE  # released from a hold-down: on its way back
+        elif t.old is State.ABSENT and t.new is not State.UP:
             level = logging.INFO
         log.log(level, "%s: %s -> %s (%s)", t.slave, t.old.value, t.new.value, t.reason,
                 extra=fields(equalizer=self.config.equalizer_of(t.slave), slave=t.slave,

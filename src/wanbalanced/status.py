@@ -36,6 +36,16 @@ class SlaveStatus:
     attaches: int
     detaches: int
     stats: LinkStats | None
+    flap_penalty: float
+    held_down_until: float  # unix time; 0 when not held down
+
+
+@dataclass(frozen=True)
+class ProbeStatus:
+    slave: str
+    target: str
+    sent: int
+    lost: int
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class Status:
     pid: int
     slaves: tuple[SlaveStatus, ...]
     equalizers: tuple[EqualizerStatus, ...]
+    probes: tuple[ProbeStatus, ...]
     faults: tuple[Fault, ...]
     reload_successful: bool
     reload_success_time: float
@@ -73,6 +84,7 @@ def build(
     config: Config, core: Core, snap: Snapshot, *, version: str, attaches: dict[str, int],
     detaches: dict[str, int], faults: tuple[Fault, ...], reload_successful: bool,
     reload_success_time: float, resyncs: int, mono_now: float, wall_now: float,
+    probes: dict[tuple[str, str], tuple[int, int]] | None = None,
 ) -> Status:
     """Assemble the status from the core's machines and the snapshot."""
     slaves = []
@@ -81,8 +93,10 @@ def build(
         master = snap.link(eq_name)
         attached = 0
         for name in eq.slaves:
-            m = core.machines[name]
+            book = core.slaves[name]
+            m = book.machine
             link = snap.link(name)
+            reuse = book.damping.reuse_at() if m.state is State.HELD_DOWN else None
             is_attached = link is not None and link.attached_to(eq_name)
             attached += is_attached
             slaves.append(SlaveStatus(
@@ -91,6 +105,8 @@ def build(
                 up=m.wants_attached, since=wall_now - (mono_now - m.since), reason=m.reason,
                 attaches=attaches.get(name, 0), detaches=detaches.get(name, 0),
                 stats=link.stats if link is not None else None,
+                flap_penalty=book.damping.value(mono_now),
+                held_down_until=wall_now + (reuse - mono_now) if reuse is not None else 0.0,
             ))
         route = master is not None and any(
             r.oif == master.index and r.priority == eq.route_metric and r.gateway is None
@@ -100,8 +116,11 @@ def build(
             equalizer=eq_name, exists=master is not None, up=master is not None and master.admin_up,
             attached=attached, configured=len(eq.slaves), default_route=route,
         ))
+    probe_rows = tuple(ProbeStatus(slave, target, sent, lost)
+                       for (slave, target), (sent, lost) in sorted((probes or {}).items()))
     return Status(
-        version=version, pid=os.getpid(), slaves=tuple(slaves), equalizers=tuple(equalizers), faults=faults,
+        version=version, pid=os.getpid(), slaves=tuple(slaves), equalizers=tuple(equalizers),
+        probes=probe_rows, faults=faults,
         reload_successful=reload_successful, reload_success_time=reload_success_time, resyncs=resyncs,
     )
 

@@ -183,3 +183,18 @@ def test_journal_detection_compares_the_stream(tmp_path: Path, monkeypatch: pyte
 
 def test_unused_builders_still_build() -> None:
     assert snapshot(master(), slave(1, "wan0")).link("wan0") is not None
+
+
+def test_exposition_is_exactly_the_documented_contract() -> None:
+    from test_prometheus_rules import METRICS
+
+    from wanbalanced.metrics import Metrics
+    from prometheus_client.parser import text_string_to_metric_families
+
+    st = make_status()
+    m = Metrics(lambda: st)
+    m.failover.labels("detach").observe(0.001)
+    m.probe_rtt.labels("wan0", "192.0.2.1").observe(0.001)
+    families = {f.name: f.type for f in text_string_to_metric_families(generate_latest(m.registry).decode())}
+    contract = {name.removesuffix("_total"): kind for name, (kind, _) in METRICS.items()}
+    assert families == contract

@@ -1,0 +1,313 @@
+"""ICMP echo probes through one slave, on the daemon's event loop.
+
+A line can be dead while its carrier stays up, so each slave is probed through
+itself: a raw ICMP socket bound to the slave (SO_BINDTODEVICE) makes the
+kernel send out of that device whatever the routing table says (the default
+route points at the equalizer). With no route through the slave, the kernel
+assumes the target is on-link there and takes the source address from another
+interface, as slaves usually have no address of their own. The replies
+arrive on that address-less slave, where the reverse-path filter drops them
+even in loose mode: probes need rp_filter 0 on the slave (the daemon's default).
+
+A raw socket rather than an unprivileged ping socket, because those need
+net.ipv4.ping_group_range, which excludes even root by default. Every raw ICMP
+socket on the device sees every echo reply, so each `Prober` has its own
+identifier and ignores replies that are not answers to its outstanding
+requests. One reader callback and a few timers per slave: no threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import itertools
+import math
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+__all__ = ["ProbeSettings", "Prober", "RoundResult", "build_echo", "open_socket", "parse_echo_reply"]
+
+ICMP_ECHOREPLY, ICMP_ECHO = 0, 8
+MAGIC = b"wanb"  # marks our payloads in a capture
+SOL_RAW, ICMP_FILTER = 255, 1  # linux/icmp.h: a mask of the ICMP types the socket drops
+_READ_BATCH = 64  # packets per wake-up, so a flood cannot starve the loop
+_RECV_SIZE = 1500  # anything longer is not one of our replies (truncation fails its checksum)
+_STAMP = struct.Struct("!d")  # the payload's send time, for a capture
+_idents = itertools.count()
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How one slave is probed. The configuration ([slaves.<name>.probe]) has
+    already been validated; this only refuses settings that cannot work."""
+
+    targets: tuple[str, ...]        # IPv4 addresses
+    interval: float                 # seconds between rounds
+    timeout: float                  # a reply later than this after its request counts as lost
+    min_targets: int = 1            # a round is good when at least this many targets answered in time
+    max_rtt: float | None = None    # a reply slower than this counts as lost (latency threshold)
+    source: str | None = None       # bind to this source address
+
+    def __post_init__(self) -> None:
+        for address in (*self.targets, *([self.source] if self.source is not None else [])):
+            try:
+                IPv4Address(address)
+            except ValueError as e:
+                raise ValueError(f"not an IPv4 address: {address!r}") from e
+        if not self.targets or len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets must be distinct and not empty: {self.targets}")
+        if not 1 <= self.min_targets <= len(self.targets):
+            raise ValueError(f"min_targets {self.min_targets} is not in 1..{len(self.targets)}")
+        if not (self.interval > 0 and self.timeout > 0 and (self.max_rtt is None or self.max_rtt > 0)):
+            raise ValueError("interval, timeout and max_rtt must be positive")
+        # Sequence numbers wrap at 16 bits: a wrapped one must not meet a round still outstanding.
+        if self.timeout >= self.interval * 0x8000:
+            raise ValueError(f"timeout {self.timeout} is too long for interval {self.interval}")
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """The verdict on one round, given once, `timeout` after it was sent."""
+
+    slave: str
+    seq: int                        # the round's sequence number
+    sent_at: float                  # clock() when the round's requests were sent
+    rtts: dict[str, float]          # target -> round-trip time (s), for replies in time
+    lost: tuple[str, ...]           # targets with no (timely) reply
+    ok: bool                        # len(rtts) >= min_targets
+    error: str | None = None        # sendto failed (e.g. ENETUNREACH, ENOBUFS, device gone): the round is not ok
+
+
+@dataclass
+class _Round:
+    seq: int
+    sent_at: float
+    pending: dict[str, float] = field(default_factory=dict)  # target -> clock() at its sendto
+    rtts: dict[str, float] = field(default_factory=dict)     # answered in time
+    sent: list[str] = field(default_factory=list)
+    error: str | None = None
+    judge: asyncio.TimerHandle | None = None
+
+
+# -- packets -------------------------------------------------------------------
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071); 0 over data that carries a valid one."""
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def build_echo(ident: int, seq: int, payload: bytes) -> bytes:
+    """An ICMP echo request (no IP header: the kernel adds it)."""
+    header = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident & 0xFFFF, seq & 0xFFFF)
+    return struct.pack("!BBHHH", ICMP_ECHO, 0, _checksum(header + payload), ident & 0xFFFF,
+                       seq & 0xFFFF) + payload
+
+
+def parse_echo_reply(packet: bytes) -> tuple[str, int, int] | None:
+    """(source address, identifier, sequence) of a valid ICMP echo reply in an
+    IPv4 packet, as a raw socket receives it; None for anything else."""
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    total, frag, proto = struct.unpack_from("!H2xHxB", packet, 2)
+    # A fragment cannot be checked on its own; our echoes are far too small to be fragmented.
+    if ihl < 20 or proto != socket.IPPROTO_ICMP or frag & 0x3FFF or not ihl + 8 <= total <= len(packet):
+        return None
+    icmp = packet[ihl:total]
+    if icmp[0] != ICMP_ECHOREPLY or icmp[1] != 0 or _checksum(icmp) != 0:
+        return None
+    ident, seq = struct.unpack_from("!HH", icmp, 4)
+    return socket.inet_ntoa(packet[12:16]), ident, seq
+
+
+# -- the socket ----------------------------------------------------------------
+
+
+def open_socket(slave: str, source: str | None = None) -> socket.socket:
+    """A raw ICMP socket bound to `slave` (and to `source`, if given).
+
+    Raises OSError naming the slave and what failed."""
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    except OSError as e:
+        hint = " (needs CAP_NET_RAW)" if e.errno in (errno.EPERM, errno.EACCES) else ""
+        raise OSError(e.errno, f"{slave}: cannot open a raw ICMP socket: {e.strerror}{hint}") from e
+    try:
+        step = f"bind to device {slave}"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, slave.encode())
+        if source is not None:
+            step = f"bind to source address {source}"
+            sock.bind((source, 0))
+        # Only echo replies wake us: not the host's unreachables, redirects or echo requests.
+        step = "set ICMP_FILTER"
+        sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~(1 << ICMP_ECHOREPLY) & 0xFFFFFFFF))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"{slave}: cannot {step}: {e.strerror}") from e
+    return sock
+
+
+# -- the prober ----------------------------------------------------------------
+
+
+def _new_ident() -> int:
+    # Unique among this process's probers (XOR with a constant is a bijection on
+    # 16 bits); the pid in the high byte keeps other processes' probers apart too.
+    return ((os.getpid() << 8) ^ next(_idents)) & 0xFFFF
+
+
+class Prober:
+    """Sends a round of echo requests to every target each `interval` through
+    `slave`, and calls `on_round` with each round's verdict, `timeout` after it
+    was sent (rounds overlap when timeout > interval).
+
+    `sock_factory` returns a socket ready to use (the default opens a raw ICMP
+    socket bound to the slave); tests pass a fake. A socket is bound to the
+    slave's ifindex: if the slave is deleted and created again, every round
+    fails with ENODEV until the owner restarts the prober.
+    """
+
+    def __init__(self, slave: str, settings: ProbeSettings, on_round: Callable[[RoundResult], None], *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sock_factory: Callable[[], socket.socket] | None = None) -> None:
+        self.slave = slave
+        self.settings = settings
+        self.on_round = on_round
+        self.clock = clock
+        self.ident = _new_ident()
+        self.sent: dict[str, int] = dict.fromkeys(settings.targets, 0)
+        self.lost: dict[str, int] = dict.fromkeys(settings.targets, 0)
+        self.ignored = 0
+        self._sock_factory = sock_factory or functools.partial(open_socket, slave, settings.source)
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._seq = 0  # kept across stop/start, so a late reply to an old round cannot match a new one
+        self._rounds: dict[int, _Round] = {}
+        self._next_at = 0.0
+        self._tick_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return self._sock is not None
+
+    def start(self) -> None:
+        """Open the socket and send the first round now, then one every
+        `interval`, on the running loop. Raises OSError naming the slave if the
+        socket cannot be opened or bound."""
+        if self._sock is not None:
+            raise RuntimeError(f"{self.slave}: the prober is already running")
+        loop = asyncio.get_running_loop()
+        sock = self._sock_factory()
+        try:
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._read)
+        except BaseException:
+            sock.close()
+            raise
+        self._loop, self._sock = loop, sock
+        self._next_at = loop.time()
+        self._tick()
+
+    def stop(self) -> None:
+        """Close the socket and cancel every timer: no on_round after this. Idempotent."""
+        sock, loop = self._sock, self._loop
+        if sock is None or loop is None:
+            return
+        self._sock = None
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        for rnd in self._rounds.values():
+            if rnd.judge is not None:
+                rnd.judge.cancel()
+        self._rounds.clear()
+        loop.remove_reader(sock.fileno())
+        sock.close()
+
+    # -- rounds ------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        self._send_round()
+        # A fixed schedule, so rounds do not drift by the loop's latency; after a
+        # stall the missed rounds are skipped rather than sent in a burst.
+        interval, now = self.settings.interval, self._loop.time()
+        self._next_at += interval
+        if self._next_at <= now:
+            self._next_at += (math.floor((now - self._next_at) / interval) + 1) * interval
+        self._tick_handle = self._loop.call_at(self._next_at, self._tick)
+
+    def _send_round(self) -> None:
+        assert self._sock is not None and self._loop is not None
+        seq, self._seq = self._seq, (self._seq + 1) & 0xFFFF
+        rnd = _Round(seq, self.clock())
+        for target in self.settings.targets:
+            stamp = self.clock()
+            packet = build_echo(self.ident, seq, MAGIC + _STAMP.pack(stamp))
+            try:
+                self._sock.sendto(packet, (target, 0))
+            except OSError as e:  # the round still waits for its timeout, so verdicts keep their pace
+                rnd.error = rnd.error or f"sendto {target}: {e.strerror or e}"
+                continue
+            self.sent[target] += 1
+            rnd.sent.append(target)
+            rnd.pending[target] = stamp
+        rnd.judge = self._loop.call_later(self.settings.timeout, self._judge, seq)
+        self._rounds[seq] = rnd
+
+    def _judge(self, seq: int) -> None:
+        # Replies already queued on the socket arrived in time, even if the
+        # loop has not read them yet.
+        self._read()
+        rnd = self._rounds.pop(seq, None)
+        if rnd is None or self._sock is None:
+            return
+        for target in rnd.sent:
+            if target not in rnd.rtts:
+                self.lost[target] += 1
+        lost = tuple(t for t in self.settings.targets if t not in rnd.rtts)
+        ok = rnd.error is None and len(rnd.rtts) >= self.settings.min_targets
+        self.on_round(RoundResult(self.slave, seq, rnd.sent_at, dict(rnd.rtts), lost, ok, rnd.error))
+
+    # -- replies -----------------------------------------------------------------
+
+    def _read(self) -> None:
+        for _ in range(_READ_BATCH):
+            if self._sock is None:
+                return
+            try:
+                packet = self._sock.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an ICMP error about one of our requests, reported once (sk_err)
+                self.ignored += 1
+                continue
+            self._reply(packet, self.clock())
+
+    def _reply(self, packet: bytes, now: float) -> None:
+        parsed = parse_echo_reply(packet)
+        if parsed is None:
+            self.ignored += 1
+            return
+        source, ident, seq = parsed
+        rnd = self._rounds.get(seq) if ident == self.ident else None
+        sent = rnd.pending.pop(source, None) if rnd is not None else None
+        if rnd is None or sent is None:  # not ours, not a target of that round, late, or a duplicate
+            self.ignored += 1
+            return
+        rtt = now - sent
+        if self.settings.max_rtt is None or rtt <= self.settings.max_rtt:
+            rnd.rtts[source] = rtt  # else it answered too slowly: lost, and a duplicate stays ignored

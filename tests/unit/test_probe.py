@@ -1,0 +1,402 @@
+"""ICMP probes: packet building and parsing, and reply matching on a real
+asyncio loop with a fake socket (no privileges needed).
+
+The fake is one end of an AF_UNIX datagram pair: each request the prober
+sends reaches the test, prefixed with its target's address, and the test
+writes back whole IPv4 packets as a raw socket would receive them. Real raw
+sockets need CAP_NET_RAW and network namespaces, so they are not tested here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import os
+import random
+import socket
+import struct
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from wanbalanced.probe import ProbeSettings, Prober, RoundResult, build_echo, parse_echo_reply
+
+T1, T2 = "192.0.2.1", "198.51.100.1"
+LOCAL = "10.0.0.0"
+WAIT = 2.0  # generous bound on waits for something that must happen
+
+
+def run_async(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on a fresh event loop (no pytest plugin needed)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(fn(*args, **kwargs))
+    return wrapper
+
+
+def checksum(data: bytes) -> int:
+    """RFC 1071, written independently of the module's."""
+    data += b"\0" * (len(data) % 2)
+    total = 0
+    for i in range(0, len(data), 2):
+        total += data[i] << 8 | data[i + 1]
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def icmp(type_: int, code: int, ident: int, seq: int, payload: bytes = b"", *, bad_checksum: bool = False) -> bytes:
+    header = struct.pack("!BBHHH", type_, code, 0, ident, seq)
+    csum = checksum(header + payload) ^ (0x0100 if bad_checksum else 0)
+    return struct.pack("!BBHHH", type_, code, csum, ident, seq) + payload
+
+
+def ipv4(src: str, dst: str, body: bytes, *, options: bytes = b"", frag: int = 0, proto: int = 1) -> bytes:
+    ihl = (20 + len(options)) // 4
+    header = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 4 * ihl + len(body), 0x1234, frag, 64, proto, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst)) + options
+    return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + body
+
+
+def reply(src: str, ident: int, seq: int, payload: bytes = b"x") -> bytes:
+    return ipv4(src, LOCAL, icmp(0, 0, ident, seq, payload))
+
+
+# -- packets -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload", [b"", b"wanb12345678", b"odd"])
+def test_build_echo(payload: bytes) -> None:
+    packet = build_echo(0xBEEF, 0x1234, payload)
+    assert checksum(packet) == 0
+    assert packet[:2] == b"\x08\x00" and packet[4:8] == b"\xbe\xef\x12\x34" and packet[8:] == payload
+
+
+def test_build_echo_wraps_identifier_and_sequence() -> None:
+    assert build_echo(0x1FFFF, 0x10002, b"")[4:8] == b"\xff\xff\x00\x02"
+
+
+def test_parse_echo_reply() -> None:
+    assert parse_echo_reply(reply(T1, 0xBEEF, 7)) == (T1, 0xBEEF, 7)
+    # The ICMP header starts after IHL words, not at a fixed 20 bytes.
+    with_options = ipv4(T2, LOCAL, icmp(0, 0, 1, 2, b"p"), options=b"\x01\x01\x01\x00")
+    assert parse_echo_reply(with_options) == (T2, 1, 2)
+    # Bytes past the IP total length are not part of the ICMP message.
+    assert parse_echo_reply(reply(T1, 1, 2) + b"\0\0") == (T1, 1, 2)
+
+
+GOOD = reply(T1, 1, 2, b"payload")
+BAD_PACKETS = {
+    "empty": b"",
+    "garbage": b"\xde\xad\xbe\xef" * 3,
+    "ipv6": b"\x60" + GOOD[1:],
+    "ihl too small": b"\x44" + GOOD[1:],
+    "not icmp": ipv4(T1, LOCAL, icmp(0, 0, 1, 2), proto=17),
+    "fragment": ipv4(T1, LOCAL, icmp(0, 0, 1, 2), frag=0x2000),
+    "truncated ip header": GOOD[:19],
+    "truncated icmp header": GOOD[:27],
+    "truncated payload": GOOD[:-1],  # shorter than the IP total length
+    "echo request": ipv4(T1, LOCAL, icmp(8, 0, 1, 2)),
+    "unreachable": ipv4(T1, LOCAL, icmp(3, 1, 1, 2) + GOOD[:28]),
+    "code not 0": ipv4(T1, LOCAL, icmp(0, 1, 1, 2)),
+    "bad checksum": ipv4(T1, LOCAL, icmp(0, 0, 1, 2, b"payload", bad_checksum=True)),
+}
+
+
+@pytest.mark.parametrize("name", BAD_PACKETS)
+def test_parse_rejects(name: str) -> None:
+    assert parse_echo_reply(BAD_PACKETS[name]) is None
+
+
+def test_parse_never_raises() -> None:
+    rng = random.Random(4)
+    for _ in range(5000):
+        base = rng.choice([GOOD, b""])
+        packet = bytearray(base[:rng.randrange(len(base) + 1)] + rng.randbytes(rng.randrange(40)))
+        if packet and rng.random() < 0.5:
+            packet[0] = 0x40 | rng.randrange(16)
+        parse_echo_reply(bytes(packet))
+
+
+@pytest.mark.parametrize(("kwargs", "fragment"), [
+    ({"targets": ()}, "targets"),
+    ({"targets": (T1, T1)}, "targets"),
+    ({"targets": ("example.org",)}, "IPv4"),
+    ({"min_targets": 2}, "min_targets"),
+    ({"min_targets": 0}, "min_targets"),
+    ({"interval": 0.0}, "positive"),
+    ({"max_rtt": -1.0}, "positive"),
+    ({"source": "::1"}, "IPv4"),
+    ({"timeout": 1e6}, "too long"),
+])
+def test_settings_refused(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        ProbeSettings(**{"targets": (T1,), "interval": 0.1, "timeout": 0.1, **kwargs})
+
+
+# -- the prober with a fake socket --------------------------------------------------
+
+
+class FakeRaw(socket.socket):
+    """Stands in for the raw socket; `fail` makes sendto raise that errno."""
+
+    fail: int | None = None
+
+    def sendto(self, data: Any, address: Any, /) -> int:  # type: ignore[override]
+        if self.fail is not None:
+            raise OSError(self.fail, os.strerror(self.fail))
+        return self.send(socket.inet_aton(address[0]) + bytes(data))
+
+
+class Harness:
+    def __init__(self, *targets: str, interval: float = 10.0, timeout: float = 0.1, fail: int | None = None,
+                 **kwargs: Any) -> None:
+        self.fail = fail
+        self.settings = ProbeSettings(targets or (T1,), interval, timeout, **kwargs)
+        self.results: asyncio.Queue[RoundResult] = asyncio.Queue()
+        self.fake: FakeRaw | None = None
+        self.peer: socket.socket | None = None
+        self.prober = Prober("wan0", self.settings, self.results.put_nowait, sock_factory=self._factory)
+
+    def _factory(self) -> socket.socket:
+        ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        peer.setblocking(False)
+        self.fake, self.peer = FakeRaw(fileno=ours.detach()), peer
+        self.fake.fail = self.fail
+        return self.fake
+
+    async def request(self) -> tuple[str, int, int, bytes]:
+        """The next echo request sent: (target, ident, seq, whole ICMP message)."""
+        assert self.peer is not None
+        data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.peer, 4096), WAIT)
+        message = data[4:]
+        assert message[0] == 8 and checksum(message) == 0
+        ident, seq = struct.unpack_from("!HH", message, 4)
+        return socket.inet_ntoa(data[:4]), ident, seq, message
+
+    def answer(self, request: tuple[str, int, int, bytes], *, src: str | None = None, ident: int | None = None,
+               seq: int | None = None) -> None:
+        """Reply as the target would (echoing the payload), or with one field changed."""
+        target, rid, rseq, message = request
+        assert self.peer is not None
+        self.peer.send(reply(src or target, rid if ident is None else ident, rseq if seq is None else seq,
+                             message[8:]))
+
+    async def result(self) -> RoundResult:
+        return await asyncio.wait_for(self.results.get(), WAIT)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+@run_async
+async def test_answered_round_is_ok() -> None:
+    h = Harness(timeout=0.2)
+    h.prober.start()
+    assert h.prober.running
+    req = await h.request()
+    assert req[:3] == (T1, h.prober.ident, 0) and req[3][8:12] == b"wanb"
+    h.answer(req)
+    result = await h.result()
+    h.prober.stop()
+    assert result.slave == "wan0" and result.seq == 0 and result.ok and result.error is None
+    assert set(result.rtts) == {T1} and result.rtts[T1] >= 0 and result.lost == ()
+    assert h.prober.sent == {T1: 1} and h.prober.lost == {T1: 0} and h.prober.ignored == 0
+
+
+@run_async
+async def test_missing_reply_is_lost_after_timeout() -> None:
+    h = Harness()
+    h.prober.start()
+    await h.request()
+    result = await h.result()
+    h.prober.stop()
+    assert not result.ok and result.rtts == {} and result.lost == (T1,) and result.error is None
+    assert h.prober.sent == {T1: 1} and h.prober.lost == {T1: 1}
+
+
+@run_async
+async def test_late_reply_is_ignored() -> None:
+    h = Harness(interval=0.2, timeout=0.02)
+    h.prober.start()
+    req = await h.request()
+    first = await h.result()
+    h.answer(req)  # round 0 was already judged
+    await until(lambda: h.prober.ignored == 1)
+    second_req = await h.request()
+    assert second_req[2] == 1
+    h.answer(req)  # still round 0's sequence: must not count for round 1
+    await until(lambda: h.prober.ignored == 2)
+    second = await h.result()
+    h.prober.stop()
+    assert not first.ok and not second.ok and second.seq == 1 and second.lost == (T1,)
+
+
+@run_async
+async def test_duplicate_reply_is_ignored() -> None:
+    h = Harness(timeout=0.2)
+    h.prober.start()
+    req = await h.request()
+    h.answer(req)
+    h.answer(req)
+    result = await h.result()
+    h.prober.stop()
+    assert result.ok and set(result.rtts) == {T1}
+    assert h.prober.ignored == 1
+
+
+@run_async
+async def test_foreign_and_bad_replies_are_ignored() -> None:
+    h = Harness(timeout=0.3)
+    h.prober.start()
+    req = await h.request()
+    target, ident, seq, message = req
+    h.answer(req, ident=ident ^ 1)   # another prober's (or ping's) reply
+    h.answer(req, seq=seq + 1)       # a sequence not outstanding
+    h.answer(req, src=T2)            # from an address we did not probe
+    assert h.peer is not None
+    for bad in BAD_PACKETS.values():
+        h.peer.send(bad or b"\0")    # (an empty datagram would read as b"" too)
+    h.peer.send(ipv4(target, LOCAL, icmp(0, 0, ident, seq, message[8:], bad_checksum=True)))
+    expected = 3 + len(BAD_PACKETS) + 1
+    await until(lambda: h.prober.ignored == expected)
+    assert h.prober.running
+    h.answer(req)                    # the real answer still counts
+    result = await h.result()
+    h.prober.stop()
+    assert result.ok and set(result.rtts) == {T1}
+    assert h.prober.ignored == expected
+
+
+@run_async
+async def test_wrong_identifier_only_is_lost() -> None:
+    h = Harness()
+    h.prober.start()
+    req = await h.request()
+    h.answer(req, ident=req[1] ^ 0x8000)
+    result = await h.result()
+    h.prober.stop()
+    assert not result.ok and result.lost == (T1,) and h.prober.ignored == 1
+
+
+@pytest.mark.parametrize(("min_targets", "ok"), [(1, True), (2, False)])
+@run_async
+async def test_min_targets(min_targets: int, ok: bool) -> None:
+    h = Harness(T1, T2, timeout=0.2, min_targets=min_targets)
+    h.prober.start()
+    requests = {r[0]: r for r in [await h.request(), await h.request()]}
+    assert set(requests) == {T1, T2} and {r[2] for r in requests.values()} == {0}
+    h.answer(requests[T2])
+    result = await h.result()
+    h.prober.stop()
+    assert result.ok is ok and set(result.rtts) == {T2} and result.lost == (T1,)
+    assert h.prober.sent == {T1: 1, T2: 1} and h.prober.lost == {T1: 1, T2: 0}
+
+
+@run_async
+async def test_reply_slower_than_max_rtt_is_lost() -> None:
+    h = Harness(timeout=0.5, max_rtt=0.01)
+    h.prober.start()
+    req = await h.request()
+    await asyncio.sleep(0.05)
+    h.answer(req)
+    h.answer(req)  # its duplicate is still a duplicate
+    result = await h.result()
+    h.prober.stop()
+    assert not result.ok and result.rtts == {} and result.lost == (T1,)
+    assert h.prober.lost == {T1: 1} and h.prober.ignored == 1
+
+
+@run_async
+async def test_overlapping_rounds_each_judged_once_in_order() -> None:
+    h = Harness(interval=0.01, timeout=0.2)
+    h.prober._seq = 0xFFFE  # also crosses the 16-bit wrap
+
+    async def echo() -> None:
+        while True:
+            h.answer(await h.request())
+
+    h.prober.start()
+    echoer = asyncio.create_task(echo())
+    results = [await h.result() for _ in range(5)]
+    h.prober.stop()
+    echoer.cancel()
+    assert [r.seq for r in results] == [0xFFFE, 0xFFFF, 0, 1, 2]
+    assert all(r.ok for r in results)
+    assert [b.sent_at > a.sent_at for a, b in zip(results, results[1:])] == [True] * 4
+
+
+@run_async
+async def test_stop_prevents_further_callbacks() -> None:
+    h = Harness(interval=0.01, timeout=0.03)
+    h.prober.start()
+    await h.request()
+    await asyncio.sleep(0.02)  # a few rounds outstanding
+    h.prober.stop()
+    h.prober.stop()  # idempotent
+    judged = h.results.qsize()
+    assert not h.prober.running
+    assert h.fake is not None and h.fake.fileno() == -1  # closed
+    await asyncio.sleep(0.1)
+    assert h.results.qsize() == judged
+
+
+@run_async
+async def test_stop_from_the_callback() -> None:
+    h = Harness(interval=0.01, timeout=0.05)
+    seen: list[RoundResult] = []
+
+    def on_round(result: RoundResult) -> None:
+        seen.append(result)
+        h.prober.stop()
+
+    h.prober.on_round = on_round
+    h.prober.start()
+    await until(lambda: bool(seen))
+    await asyncio.sleep(0.1)
+    assert [r.seq for r in seen] == [0] and not h.prober.running
+
+
+@run_async
+async def test_restart_keeps_sequence() -> None:
+    h = Harness(timeout=0.01)
+    h.prober.start()
+    await h.request()
+    await h.result()
+    h.prober.stop()
+    h.prober.start()
+    req = await h.request()
+    h.prober.stop()
+    assert req[2] == 1  # a late reply to the old round 0 cannot answer the new one
+
+
+@run_async
+async def test_sendto_error_fails_the_round() -> None:
+    h = Harness(T1, T2, min_targets=1, fail=errno.ENETUNREACH)
+    h.prober.start()
+    result = await h.result()
+    h.prober.stop()
+    assert not result.ok and result.rtts == {} and result.lost == (T1, T2)
+    assert result.error is not None and "Network is unreachable" in result.error and T1 in result.error
+    assert h.prober.sent == {T1: 0, T2: 0} and h.prober.lost == {T1: 0, T2: 0}
+
+
+@run_async
+async def test_probers_have_distinct_identifiers() -> None:
+    settings = ProbeSettings((T1,), 0.1, 0.1)
+    idents = {Prober(f"wan{i}", settings, lambda r: None).ident for i in range(300)}
+    assert len(idents) == 300 and all(0 <= i <= 0xFFFF for i in idents)
+
+
+@run_async
+async def test_start_fails_naming_the_slave() -> None:
+    # Without CAP_NET_RAW the raw socket is refused; with it, the device does not exist.
+    prober = Prober("nosuchwan9", ProbeSettings((T1,), 0.1, 0.1), lambda r: None)
+    with pytest.raises(OSError, match="nosuchwan9"):
+        prober.start()
+    assert not prober.running
