@@ -49,7 +49,16 @@ unit: deps
 lab: deps
 	$(BIN)/python -m lab.uml -- $(BIN)/python -m pytest -v -p no:cacheprovider tests/lab
 
-test: typecheck unit lab
+# The systemd unit end to end (tests/e2e/): the README's "Install with systemd"
+# in a Debian 12 booted with real systemd in User-Mode Linux (see lab/systemd/).
+# Its root is built once with mmdebstrap and cached in /var/cache/wanbalanced-lab.
+.PHONY: e2e
+e2e: deps
+	@dpkg -s mmdebstrap >/dev/null 2>&1 || { echo "installing Debian packages: mmdebstrap"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap; }
+	$(BIN)/python -m pytest -v -p no:cacheprovider tests/e2e
+
+test: typecheck unit lab e2e
 
 demo: deps
 	$(BIN)/python -m lab.uml -- $(BIN)/python -m lab.demo

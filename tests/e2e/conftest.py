@@ -1,0 +1,140 @@
+"""The end-to-end test's boot of the systemd guest (host side).
+
+One Debian 12 guest is booted for the whole module ``test_systemd.py``: the
+guest script (``guest_e2e.py``) runs every check in it, and each test asserts
+on one check's result.  The guest's output is streamed to the terminal while
+it runs (pytest's capture is suspended for it); its files stay in
+``.lab/e2e/`` of the checkout: console.log, output.log, checks.json,
+journal.txt, wanbalanced-journal.json, metrics.txt, security.txt.
+
+The tests are skipped only where the lab cannot run at all (no UML kernel or
+modules, no mmdebstrap), or inside the UML lab guest itself.  ``make e2e``
+(and so ``make test``) installs what they need, so in CI they run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from lab.systemd.boot import GuestRun, Mount, console_tail, run_job  # noqa: E402
+from lab.systemd.rootfs import ensure_root, ensure_wheelhouse, unavailable  # noqa: E402
+from readme import install_doc  # noqa: E402
+
+RESULTS = REPO / ".lab" / "e2e"
+GUEST_TIMEOUT = float(os.environ.get("WB_E2E_TIMEOUT", "420"))
+#: The guest's Python, which the wheelhouse must match.
+GUEST_PYTHON = (3, 11)
+
+
+@dataclass
+class E2ERun:
+    run: GuestRun
+    checks: dict[str, dict[str, Any]]
+    facts: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def failure_context(self) -> str:
+        return (f"guest exit status {self.run.rc}{' (timed out)' if self.run.timed_out else ''};"
+                f" results in {self.run.results}\nlast console lines:\n{console_tail(self.run)}")
+
+
+TIMINGS = pytest.StashKey[dict[str, Any]]()
+
+
+def skip_reason() -> str | None:
+    if os.environ.get("WB_IN_LAB") == "1":
+        return "inside the UML lab guest: run `make e2e` on the host"
+    reason = unavailable()
+    if reason is not None:
+        return f"needs the systemd lab: {reason}; `make e2e` installs it"
+    return None
+
+
+@pytest.fixture(scope="session")
+def e2e(request: pytest.FixtureRequest) -> Iterator[E2ERun]:
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    if sys.version_info[:2] != GUEST_PYTHON:
+        pytest.fail(f"the wheelhouse is made with this Python ({platform.python_version()}),"
+                    f" which must be the guest's {GUEST_PYTHON[0]}.{GUEST_PYTHON[1]}")
+    timings: dict[str, Any] = {}
+    request.config.stash[TIMINGS] = timings
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    t0 = time.monotonic()
+    with capture.global_and_fixture_disabled():
+        print(flush=True)
+        root = ensure_root()
+        timings["root (build or cache hit)"] = time.monotonic() - t0
+        t1 = time.monotonic()
+        doc = install_doc(REPO / "README.md")
+        # The README's own download command, with this venv's python3 and pip.
+        wheelhouse = ensure_wheelhouse(
+            doc.wheelhouse,
+            env={"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"},
+            key_extra=f"python{GUEST_PYTHON[0]}.{GUEST_PYTHON[1]} {platform.machine()}",
+        )
+        timings["wheelhouse (download or cache hit)"] = time.monotonic() - t1
+        if RESULTS.exists():
+            shutil.rmtree(RESULTS)
+        run = run_job(
+            root,
+            "python3 tests/e2e/guest_e2e.py",
+            results=RESULTS,
+            mounts=[Mount(REPO, "/mnt/wanbalanced"), Mount(wheelhouse, "/mnt/wheelhouse")],
+            cwd="/mnt/wanbalanced",
+            # The driver configures Prometheus and starts it itself.
+            disable=("prometheus.service",),
+            timeout=GUEST_TIMEOUT,
+            echo=lambda line: print(f"  guest| {line}", flush=True),
+        )
+    timings["private root (overlay or copy)"] = run.prepare_seconds
+    if run.driver_seconds is not None:
+        timings["linux.uml start to driver (boot)"] = run.driver_seconds
+    timings["linux.uml, whole run"] = run.seconds
+    timings["e2e fixture total"] = time.monotonic() - t0
+    try:
+        data = json.loads((RESULTS / "checks.json").read_text())
+    except (OSError, ValueError):
+        data = {"checks": {}, "facts": {}}
+    facts = data.get("facts", {})
+    timings["facts"] = facts
+    timings["boot"] = run.boot
+    yield E2ERun(run=run, checks=data.get("checks", {}), facts=facts, timings=timings)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    timings = config.stash.get(TIMINGS, None)
+    if not timings:
+        return
+    tr = terminalreporter
+    tr.section("systemd e2e: timings")
+    for name, value in timings.items():
+        if isinstance(value, float):
+            tr.write_line(f"{name:40s} {value:7.1f}s")
+    boot = timings.get("boot") or {}
+    if boot.get("analyze_time"):
+        tr.write_line(f"guest: {boot['analyze_time'].splitlines()[0]}")
+    facts = timings.get("facts") or {}
+    for key in ("install_s", "enable_now_s", "guest_script_s"):
+        if key in facts:
+            tr.write_line(f"guest {key:34s} {facts[key]:7.1f}s")
+    for unit, level in (facts.get("exposure") or {}).items():
+        tr.write_line(f"systemd-analyze security {unit}: {level}")
+    tr.write_line(f"results: {RESULTS}")
