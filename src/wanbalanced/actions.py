@@ -32,9 +32,16 @@ class Action:
 
     reason: str
 
+    #: What the action sets, for drift accounting: ("qdisc", "wan0"), ...
+    kind = ""
+
     @property
     def device(self) -> str:
         raise NotImplementedError
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.device)
 
     def command(self) -> str:
         raise NotImplementedError
@@ -47,6 +54,7 @@ class Attach(Action):
     `replace` is needed when another explicit qdisc is root: `tc qdisc add`
     only displaces the kernel's default qdisc (handle 0).
     """
+    kind = "qdisc"
 
     equalizer: str
     slave: str
@@ -66,6 +74,7 @@ class Attach(Action):
 class Detach(Action):
     """Remove the equalizer from the slave. Naming the kind makes it safe: the
     kernel refuses (EINVAL) if the root qdisc has meanwhile become another one."""
+    kind = "qdisc"
 
     equalizer: str
     slave: str
@@ -93,6 +102,7 @@ class OnDevice(Action):
 
 @dataclass(frozen=True)
 class LinkUp(OnDevice):
+    kind = "link"
     def command(self) -> str:
         return f"ip link set {self.name} up"
 
@@ -101,6 +111,7 @@ class LinkUp(OnDevice):
 class AddAddress(OnDevice):
     """Add the equalizer's local address with noprefixroute, so the kernel never
     creates the connected route the seed deletes by hand."""
+    kind = "address"
 
     address: IPv4Interface
 
@@ -111,6 +122,7 @@ class AddAddress(OnDevice):
 @dataclass(frozen=True)
 class DeleteAddress(OnDevice):
     """Remove an address wanbalanced added and the configuration no longer has."""
+    kind = "address"
 
     address: IPv4Interface
 
@@ -120,6 +132,7 @@ class DeleteAddress(OnDevice):
 
 @dataclass(frozen=True)
 class DeleteConnectedRoute(OnDevice):
+    kind = "connected_route"
     dst: IPv4Network
     table: int = RT_TABLE_MAIN
 
@@ -132,6 +145,7 @@ class DeleteConnectedRoute(OnDevice):
 
 @dataclass(frozen=True)
 class _DefaultRoute(OnDevice):
+    kind = "route"
     metric: int
     table: int
 
@@ -153,6 +167,7 @@ class DeleteDefaultRoute(_DefaultRoute):
 
 @dataclass(frozen=True)
 class SetRpFilter(OnDevice):
+    kind = "rp_filter"
     value: int
 
     def command(self) -> str:

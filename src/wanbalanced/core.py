@@ -9,6 +9,7 @@ here does I/O or reads a clock.
 
 from __future__ import annotations
 
+import dataclasses
 import errno as errnos
 import os
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class Fault:
 class Plan:
     actions: tuple[Action, ...]
     faults: tuple[Fault, ...]
+    # Keys of the actions that repair drift: the kernel changed something the
+    # daemon had converged, while what it wants there stayed the same.
+    drift: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def converged(self) -> bool:
@@ -130,6 +134,8 @@ class Core:
     def __init__(self, config: Config, now: float, honour_delays: bool = True) -> None:
         self.config = config
         self.honour_delays = honour_delays
+        # What was wanted when the kernel last matched it (see settle()).
+        self.settled: dict[tuple[str, str], object] | None = None
         self.slaves: dict[str, SlaveBook] = {}
         self._index: dict[str, int | None] = {}
         for eq in config.equalizers.values():
@@ -186,6 +192,7 @@ class Core:
         self._index = {n: self._index.get(n) for n in books}
         self.slaves = books
         self.config = new
+        self.settled = None  # what is wanted changed on purpose: nothing is drift
         return cleanup
 
     # -- observing ------------------------------------------------------------
@@ -324,7 +331,52 @@ class Core:
         faults: list[Fault] = []
         for eq_name, eq in self.config.equalizers.items():
             self._plan_equalizer(eq_name, eq, snap, actions, faults)
-        return Plan(tuple(actions), tuple(faults))
+        if self.settled is None:
+            return Plan(tuple(actions), tuple(faults))
+        desired = self.desired(snap)
+        kept: list[Action] = []
+        drift = set()
+        for a in actions:
+            if a.key not in self.settled or self.settled[a.key] != desired.get(a.key):
+                kept.append(a)
+                continue
+            book = self.slaves.get(a.device)
+            if book is not None and not book.machine.wants_attached:
+                continue  # a rightly detached slave is left alone, whatever is done to it
+            drift.add(a.key)
+            kept.append(dataclasses.replace(a, reason=f"drift: {_drift(a, snap)}"))
+        return Plan(tuple(kept), tuple(faults), frozenset(drift))
+
+    def desired(self, snap: Snapshot) -> dict[tuple[str, str], object]:
+        """What is wanted of each property the daemon manages, given the slaves'
+        states (values include ifindexes: a recreated device is not drift)."""
+        want: dict[tuple[str, str], object] = {}
+        for eq_name, eq in self.config.equalizers.items():
+            wanted = False
+            for name in eq.slaves:
+                link = snap.link(name)
+                if link is None:
+                    continue
+                attached = self.slaves[name].machine.wants_attached
+                wanted |= attached
+                want[("qdisc", name)] = (link.index, attached)
+                if eq.rp_filter is not None:
+                    want[("rp_filter", name)] = (link.index, eq.rp_filter)
+            master = snap.link(eq_name)
+            if master is None:
+                continue
+            want[("link", eq_name)] = (master.index, wanted)
+            if eq.address is not None:
+                want[("address", eq_name)] = (master.index, str(eq.address))
+                want[("connected_route", eq_name)] = (master.index, False)
+            if eq.default_route:
+                want[("route", eq_name)] = (master.index, wanted, eq.route_metric, eq.route_table)
+        return want
+
+    def settle(self, snap: Snapshot) -> None:
+        """The kernel matches the plan: remember what was wanted, so that a later
+        change of the kernel alone is recognised as drift."""
+        self.settled = self.desired(snap)
 
     def _plan_equalizer(
         self, eq_name: str, eq: EqualizerConfig, snap: Snapshot, actions: list[Action], faults: list[Fault]
@@ -430,6 +482,27 @@ class Core:
             f"set `options sch_teql max_equalizers={need}` in /etc/modprobe.d/wanbalanced.conf "
             "and reload the module (rmmod sch_teql && modprobe sch_teql)",
         )
+
+
+def _drift(action: Action, snap: Snapshot) -> str:
+    """What someone else changed, in words."""
+    link = snap.link(action.device)
+    if isinstance(action, Attach):
+        now = link.qdisc.kind if link is not None and link.qdisc is not None else "the default qdisc"
+        return f"{action.equalizer} was removed from {action.slave} (root qdisc now {now})"
+    if isinstance(action, Detach):
+        return f"{action.equalizer} was put back on {action.slave} by hand"
+    if isinstance(action, SetRpFilter):
+        return f"rp_filter of {action.name} was changed to {link.rp_filter if link is not None else '?'}"
+    if isinstance(action, LinkUp):
+        return f"{action.name} was set down"
+    if isinstance(action, AddAddress):
+        return f"the address of {action.name} was removed"
+    if isinstance(action, DeleteConnectedRoute):
+        return f"the connected route on {action.name} came back"
+    if isinstance(action, ReplaceDefaultRoute):
+        return f"the default route via {action.name} was deleted"
+    return f"{action.kind} of {action.device} changed"
 
 
 def _why_down(link: Link, no_carrier: str = "without carrier") -> str:

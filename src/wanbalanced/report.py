@@ -56,7 +56,9 @@ class Reporter:
     def write(self, action: Action, took_ms: float | None) -> None:
         """A kernel write that succeeded, as its equivalent command."""
         level, event = logging.INFO, "converge"
-        if isinstance(action, Detach):
+        if action.reason.startswith("drift: "):
+            level, event = logging.WARNING, "drift"
+        elif isinstance(action, Detach):
             level, event = logging.WARNING, "detach"
         elif isinstance(action, Attach):
             level, event = NOTICE, "attach"

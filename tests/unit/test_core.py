@@ -418,3 +418,71 @@ def test_flapping_slave_is_held_down_then_reused() -> None:
     rounds(core, "wan0", True, True, True)
     core.observe(snap, held_until + 0.5)
     assert m.state is State.UP
+
+
+def settled_core() -> tuple[Core, object]:
+    core = Core(config(), 0.0)
+    snap = converged()
+    core.observe(snap, 0.0)
+    assert core.plan(snap).converged
+    core.settle(snap)
+    return core, snap
+
+
+def test_kernel_changes_behind_our_back_are_drift() -> None:
+    core, snap = settled_core()
+    from wanbalanced.observed import Qdisc
+    snap.put_qdisc(10, Qdisc("noqueue", 0))         # tc qdisc del dev wan0 root
+    snap.routes.clear()                              # ip route del default dev teql0
+    snap.set_rp_filter(11, 1)                        # sysctl -w ...wan1.rp_filter=1
+    core.observe(snap, 1.0)
+    plan = core.plan(snap)
+    assert {a.key: a.reason for a in plan.actions} == {
+        ("rp_filter", "wan1"): "drift: rp_filter of wan1 was changed to 1",
+        ("qdisc", "wan0"): "drift: teql0 was removed from wan0 (root qdisc now noqueue)",
+        ("route", "teql0"): "drift: the default route via teql0 was deleted",
+    }
+    assert plan.drift == {("rp_filter", "wan1"), ("qdisc", "wan0"), ("route", "teql0")}
+
+
+def test_state_changes_and_recreated_devices_are_not_drift() -> None:
+    core, snap = settled_core()
+    snap.put_link(slave(10, "wan0", teql="teql0", carrier=False))
+    snap.drop_link(11)
+    snap.put_link(slave(42, "wan1", rp_filter=2))   # pppd redial: new ifindex
+    core.observe(snap, 1.0)
+    plan = core.plan(snap)
+    assert [a.command() for a in plan.actions] == [
+        "sysctl -w net.ipv4.conf.wan1.rp_filter=0",
+        "tc qdisc del dev wan0 root teql0",
+        "tc qdisc add dev wan1 root teql0",
+    ]
+    assert not plan.drift and not any(a.reason.startswith("drift") for a in plan.actions)
+
+
+def test_drift_on_a_rightly_detached_slave_is_left_alone() -> None:
+    core = Core(config(), 0.0)
+    snap = converged()
+    snap.put_link(slave(10, "wan0", carrier=False))  # down, detached
+    core.observe(snap, 0.0)
+    assert core.plan(snap).converged
+    core.settle(snap)
+    from wanbalanced.observed import Qdisc
+    snap.put_qdisc(10, Qdisc("teql0", 0x80010000))   # someone attaches it by hand
+    snap.set_rp_filter(10, 1)
+    core.observe(snap, 1.0)
+    assert core.plan(snap).converged
+
+
+def test_reload_forgets_what_was_settled() -> None:
+    core, snap = settled_core()
+    core.reconfigure(config(CONFIG_METRIC), snap, 1.0)
+    assert core.settled is None
+
+
+CONFIG_METRIC = """
+[equalizers.teql0]
+slaves = ["wan0", "wan1"]
+address = "10.0.0.0/31"
+route_metric = 7
+"""
