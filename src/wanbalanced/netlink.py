@@ -14,11 +14,12 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from ipaddress import IPv4Interface, IPv4Network
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink import nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
     RTMGRP_IPV4_IFADDR,
@@ -57,13 +58,35 @@ log = logging.getLogger(__name__)
 
 TC_H_ROOT = 0xFFFFFFFF
 NLM_F_REPLACE = 0x100
-GROUPS = RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+RTNLGRP_IPV4_NETCONF = 24  # sysctl changes such as rp_filter, as events
+RTM_NEWNETCONF = 80
+NETCONFA_IFINDEX_ALL = -1
+NLM_F_DUMP_INTR = 0x10
+DUMP_RETRIES = 5
+GROUPS = (RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+          | 1 << (RTNLGRP_IPV4_NETCONF - 1))
 PROC_CONF = "/proc/sys/net/ipv4/conf"
 # Room for an event storm: thousands of flaps queue here rather than overrun.
 RCVBUF = 8 * 1024 * 1024
 SO_RCVBUFFORCE = 33
 
 Msg = Any  # a pyroute2 nlmsg: dict-like with get_attr()
+
+
+class netconfmsg(nlmsg):  # type: ignore[misc]  # noqa: N801 - named like pyroute2's
+    """struct netconfmsg (pyroute2 has no parser for it): a family byte, then
+    attributes. The kernel sends one when, e.g., an rp_filter sysctl changes."""
+
+    fields = (("family", "B"), ("__pad", "3x"))
+    nla_map = (
+        ("NETCONFA_UNSPEC", "none"),
+        ("NETCONFA_IFINDEX", "int32"),
+        ("NETCONFA_FORWARDING", "int32"),
+        ("NETCONFA_RP_FILTER", "int32"),
+        ("NETCONFA_MC_FORWARDING", "int32"),
+        ("NETCONFA_PROXY_NEIGH", "int32"),
+        ("NETCONFA_IGNORE_ROUTES_WITH_LINKDOWN", "int32"),
+    )
 
 
 class KernelError(Exception):
@@ -175,6 +198,15 @@ def apply_event(snap: Snapshot, msg: Msg) -> bool:
             snap.put_address(address)
         else:
             snap.drop_address(address)
+    elif event == "RTM_NEWNETCONF" or msg["header"].get("type") == RTM_NEWNETCONF:
+        rp = msg.get_attr("NETCONFA_RP_FILTER")
+        index = msg.get_attr("NETCONFA_IFINDEX")
+        if rp is None or index is None:
+            return False
+        if index == NETCONFA_IFINDEX_ALL:
+            snap.all_rp_filter = int(rp)
+        else:
+            snap.set_rp_filter(int(index), int(rp))
     elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
         route = parse_route(msg)
         if route is None:
@@ -235,9 +267,11 @@ def write_rp_filter(name: str, value: int, root: str = PROC_CONF) -> None:
 class Kernel:
     """Owns the netlink sockets: dump, listen, write."""
 
-    def __init__(self) -> None:
+    def __init__(self, rcvbuf: int = RCVBUF) -> None:
         self._events: AsyncIPRoute | None = None
         self._requests: AsyncIPRoute | None = None
+        self.rcvbuf = rcvbuf
+        self.interrupted_dumps = 0
 
     async def open(self, listen: bool = True) -> None:
         """Open both sockets; bind the listener before any dump so that no change
@@ -252,9 +286,10 @@ class Kernel:
         self._events = AsyncIPRoute()
         try:
             # Past rmem_max; needs CAP_NET_ADMIN, which the daemon has anyway.
-            self._events.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            self._events.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
         except OSError as e:  # pragma: no cover - best effort
             log.debug("could not raise the netlink receive buffer: %s", e)
+        self._events.marshal.msg_map[RTM_NEWNETCONF] = netconfmsg
         await self._events.bind(groups=GROUPS)
 
     def close(self) -> None:
@@ -268,25 +303,38 @@ class Kernel:
         assert self._requests is not None, "Kernel.open() first"
         return self._requests
 
+    async def _collect(self, what: str, start: Callable[[], Awaitable[AsyncIterator[Msg]]]) -> list[Msg]:
+        """One dump, again if the kernel marks it inconsistent (NLM_F_DUMP_INTR:
+        the table changed while it was being read; pyroute2 does not check)."""
+        msgs: list[Msg] = []
+        for _ in range(DUMP_RETRIES):
+            msgs = [m async for m in await start()]
+            if not any(m["header"].get("flags", 0) & NLM_F_DUMP_INTR for m in msgs):
+                return msgs
+            self.interrupted_dumps += 1
+            log.info("the %s dump was interrupted by a change: dumping again", what)
+        return msgs  # still changing: the events that follow will correct it
+
     async def dump_links(self) -> list[Link]:
         """Every link, with fresh counters (the kernel sends no event for those)."""
-        return [parse_link(msg) async for msg in await self._req.link("dump")]
+        return [parse_link(m) for m in await self._collect("link", lambda: self._req.link("dump"))]
 
     async def dump(self) -> Snapshot:
         """A full snapshot of what the daemon reasons about."""
+        r = self._req
         snap = Snapshot()
-        async for msg in await self._req.link("dump"):
+        for msg in await self._collect("link", lambda: r.link("dump")):
             link = parse_link(msg)
             snap.put_link(dataclasses.replace(link, rp_filter=read_rp_filter(link.name)))
-        async for msg in await self._req.get_qdiscs():
+        for msg in await self._collect("qdisc", lambda: r.get_qdiscs()):
             parsed = parse_root_qdisc(msg)
             if parsed is not None:
                 snap.put_qdisc(*parsed)
-        async for msg in await self._req.addr("dump", family=socket.AF_INET):
+        for msg in await self._collect("address", lambda: r.addr("dump", family=socket.AF_INET)):
             address = parse_address(msg)
             if address is not None:
                 snap.put_address(address)
-        async for msg in await self._req.route("dump", family=socket.AF_INET):
+        for msg in await self._collect("route", lambda: r.route("dump", family=socket.AF_INET)):
             route = parse_route(msg)
             if route is not None:
                 snap.put_route(route)

@@ -92,3 +92,26 @@ def test_rp_filter_roundtrip_and_dotted_names(tmp_path: Path) -> None:
     write_rp_filter("eth0.100", 0, str(tmp_path))
     assert read_rp_filter("eth0.100", str(tmp_path)) == 0
     assert read_rp_filter("nosuch", str(tmp_path)) is None
+
+
+def test_interrupted_dumps_are_retried() -> None:
+    import asyncio
+    from collections.abc import AsyncIterator
+
+    from wanbalanced.netlink import NLM_F_DUMP_INTR, Kernel
+
+    calls = []
+
+    async def start() -> AsyncIterator[object]:
+        calls.append(1)
+        flags = NLM_F_DUMP_INTR if len(calls) < 3 else 0
+
+        async def gen() -> AsyncIterator[object]:
+            m = link_msg("RTM_NEWLINK", 3, "wan0")
+            m["header"] = {"flags": flags}
+            yield m
+        return gen()
+
+    kernel = Kernel()
+    msgs = asyncio.run(kernel._collect("link", start))  # type: ignore[arg-type]
+    assert len(calls) == 3 and kernel.interrupted_dumps == 2 and len(msgs) == 1
