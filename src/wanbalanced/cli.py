@@ -18,9 +18,9 @@ DEFAULT_SOCKET = "/run/wanbalanced/control.sock"
 PLAN_CONVERGED, PLAN_ERROR, PLAN_PENDING = 0, 1, 2
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, secure: bool = False) -> Config | None:
     try:
-        return load_config(path)
+        return load_config(path, secure)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return None
@@ -39,12 +39,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from . import daemon, logs
 
-    config = _load(args.config)
+    secure = not args.allow_insecure_config
+    config = _load(args.config, secure)
     if config is None:
         return 1
     logs.setup(args.log_level or config.daemon.log_level)
     try:
-        return asyncio.run(daemon.run(config, args.config))
+        return asyncio.run(daemon.run(config, args.config, secure))
     except PermissionError as e:
         print(f"wanbalanced: {e}: run as root or with CAP_NET_ADMIN", file=sys.stderr)
         return 1
@@ -142,6 +143,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("--log-level", choices=["debug", "info", "notice", "warning", "error"])
+    run.add_argument("--allow-insecure-config", action="store_true",
+                     help="accept a config file that others than root may write (not recommended)")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-config", help="validate the configuration file")
     check.set_defaults(func=cmd_check_config)

@@ -147,6 +147,12 @@ def _check_socket_path(v: str) -> str:
     return v
 
 
+def _check_reconcile_interval(v: float) -> float:
+    if 0 < v < 1.0:
+        raise ValueError("must be 0 (off) or at least 1s")
+    return v
+
+
 def _check_stats_interval(v: float) -> float:
     if v < 0.1:
         raise ValueError("must be at least 100ms")
@@ -261,6 +267,10 @@ class DaemonConfig(BaseModel):
     control_socket: Annotated[str, AfterValidator(_check_socket_path)] = "/run/wanbalanced/control.sock"
     # How often link counters are refreshed for the metrics (one link dump).
     stats_interval: Annotated[Duration, AfterValidator(_check_stats_interval)] = 5.0
+    # A full dump and reconcile now and then, as a safety net; 0 disables it.
+    reconcile_interval: Annotated[Duration, AfterValidator(_check_reconcile_interval)] = 300.0
+    # Receive buffer of the netlink event socket: room for event storms.
+    netlink_rcvbuf: Annotated[int, Field(ge=4096, le=1 << 30)] = 8 << 20
 
 
 class Config(BaseModel):
@@ -428,11 +438,28 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     raise ConfigError(source, problems)
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read, parse and validate a configuration file; raises only ConfigError."""
+def unsafe_reason(st: os.stat_result) -> str | None:
+    """Why a file with this status must not configure a daemon that rewrites
+    routes as root: only root may be able to write it."""
+    if st.st_uid != 0:
+        return f"owned by uid {st.st_uid}, not root"
+    if st.st_mode & 0o022:
+        who = " and ".join(w for bit, w in ((0o020, "its group"), (0o002, "everyone")) if st.st_mode & bit)
+        return f"writable by {who} (mode {st.st_mode & 0o7777:04o}); chmod go-w it"
+    return None
+
+
+def load_config(path: str | os.PathLike[str], secure: bool = False) -> Config:
+    """Read, parse and validate a configuration file; raises only ConfigError.
+
+    With `secure`, a file that anyone but root may write is refused (the
+    daemon's `--allow-insecure-config` turns that off)."""
     source = os.fspath(path)
     try:
         with open(path, "rb") as f:
+            if secure and (why := unsafe_reason(os.fstat(f.fileno()))) is not None:
+                raise ConfigError(source, [Problem("", f"refused: the file is {why} "
+                                                       "(or run with --allow-insecure-config)")])
             data = f.read()
     except FileNotFoundError:
         raise ConfigError(source, [Problem("", "file not found")]) from None

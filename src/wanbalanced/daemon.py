@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Intents queued beside the netlink messages.
 _STOP, _RELOAD, _RESYNC, _REFRESH, _VERDICT = "stop", "reload", "resync", "refresh", "verdict"
+_RECONCILE = "reconcile"
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 MAX_PASSES = 8  # plan/execute passes per wake-up; more means the kernel fights back
 
@@ -52,6 +53,7 @@ class Counters:
     attaches: dict[str, int] = field(default_factory=dict)
     detaches: dict[str, int] = field(default_factory=dict)
     resyncs: int = 0
+    drift: dict[str, int] = field(default_factory=dict)  # repairs by kind
     reload_successful: bool = True
     reload_success_time: float = field(default_factory=time.time)
 
@@ -60,10 +62,12 @@ class Daemon:
     """Keeps the kernel converged on the configuration until told to stop."""
 
     def __init__(self, config: Config, kernel: Kernel | None = None, *, config_path: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, notifier: Notifier | None = None) -> None:
+                 secure_config: bool = False, clock: Callable[[], float] = time.monotonic,
+                 notifier: Notifier | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.kernel = kernel or Kernel()
+        self.secure_config = secure_config
+        self.kernel = kernel or Kernel(rcvbuf=config.daemon.netlink_rcvbuf)
         self.clock = clock
         self.notifier = notifier or Notifier()
         self.snap = Snapshot()
@@ -105,7 +109,9 @@ class Daemon:
             if interval is not None:
                 self._tasks.append(asyncio.create_task(self.notifier.watchdog(interval)))
             await self._resync()
-            self._tasks.append(asyncio.create_task(self._tick(self.config.daemon.stats_interval)))
+            self._tasks.append(asyncio.create_task(self._tick(self.config.daemon.stats_interval, _REFRESH)))
+            if self.config.daemon.reconcile_interval:
+                self._tasks.append(asyncio.create_task(self._tick(self.config.daemon.reconcile_interval, _RECONCILE)))
             log.info("converged: %s", self._publish())
             self.notifier.ready(self._publish())
             await self._loop()
@@ -125,11 +131,13 @@ class Daemon:
         log.info("stopped; equalizers left as they are")
         return 0
 
-    async def _resync(self) -> None:
-        """Full dump and reconcile: at start and after lost events."""
-        if self._reader is not None:
-            self._reader.cancel()
-        self._reader = asyncio.create_task(self._read_events())
+    async def _resync(self, restart_reader: bool = True) -> None:
+        """Full dump and reconcile: at start, after lost events, and now and
+        then as a safety net (then the event socket is kept)."""
+        if restart_reader:
+            if self._reader is not None:
+                self._reader.cancel()
+            self._reader = asyncio.create_task(self._read_events())
         self.snap = await self.kernel.dump()
         # Events queued since the subscription are applied on top: each carries
         # a whole object, so replaying ones the dump already saw is harmless.
@@ -151,10 +159,10 @@ class Daemon:
             log.error("netlink events lost (%s): resubscribing and resyncing", e, extra=fields(event="resync"))
             self._queue.put_nowait(_RESYNC)
 
-    async def _tick(self, interval: float) -> None:
+    async def _tick(self, interval: float, intent: str) -> None:
         while True:
             await asyncio.sleep(interval)
-            self._queue.put_nowait(_REFRESH)
+            self._queue.put_nowait(intent)
 
     async def _loop(self) -> None:
         while True:
@@ -172,6 +180,8 @@ class Daemon:
                 self.counters.resyncs += 1
                 await self.kernel.resubscribe()
                 await self._resync()
+            elif _RECONCILE in intents:
+                await self._resync(restart_reader=False)
             else:
                 for msg in items:
                     if not isinstance(msg, str):
@@ -207,6 +217,7 @@ class Daemon:
             reload_successful=self.counters.reload_successful,
             reload_success_time=self.counters.reload_success_time, resyncs=self.counters.resyncs,
             probes={key: (c.sent, c.lost) for key, c in self.probes.counts.items()},
+            drift=dict(self.counters.drift),
             mono_now=self.clock(), wall_now=time.time(),
         )
         return self.status.summary()
@@ -219,7 +230,7 @@ class Daemon:
             return False
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path)
+            new = load_config(self.config_path, self.secure_config)
         except ConfigError as e:
             self.counters.reload_successful = False
             problems = "; ".join(f"{p.path}: {p.message}" if p.path else p.message for p in e.problems)
@@ -261,11 +272,16 @@ class Daemon:
                 self.report.update_faults(plan.faults)
                 self._backoff = {a: b for a, b in self._backoff.items() if a in plan.actions}
                 runnable = [a for a in plan.actions if a not in self._backoff or self._backoff[a].until <= now]
+                if not plan.actions:
+                    self.core.settle(self.snap)
                 if not runnable:
                     return
                 progressed = False
                 for action in runnable:
-                    progressed |= await self._execute(action, woke)
+                    done = await self._execute(action, woke)
+                    if done and action.key in plan.drift:
+                        self.counters.drift[action.kind] = self.counters.drift.get(action.kind, 0) + 1
+                    progressed |= done
                 if not progressed:
                     return
         finally:
@@ -306,6 +322,6 @@ class Daemon:
         self.report.failed(action, e.detail or str(e), delay, first=old is None or old.error != str(e))
 
 
-async def run(config: Config, config_path: str | None = None) -> int:
+async def run(config: Config, config_path: str | None = None, secure_config: bool = False) -> int:
     """Run the daemon until SIGTERM or SIGINT; returns the exit status."""
-    return await Daemon(config, config_path=config_path).run()
+    return await Daemon(config, config_path=config_path, secure_config=secure_config).run()

@@ -19,6 +19,7 @@ from .status import STATES, Status
 
 log = logging.getLogger(__name__)
 
+DRIFT_KINDS = ("qdisc", "link", "address", "connected_route", "route", "rp_filter")
 FAULT_KINDS = ("refused", "missing_equalizer", "module_not_loaded", "route_clash", "rp_filter_all")
 # Fine enough to tell 100 µs from 10 ms.
 PROBE_RTT_BUCKETS = (100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 0.5, 1.0,
@@ -120,6 +121,11 @@ class StatusCollector(Collector):
                                 value=st.reload_success_time)
         yield CounterMetricFamily("wanbalanced_netlink_resyncs", "Full resyncs after lost netlink events",
                                   value=st.resyncs)
+        drift = CounterMetricFamily("wanbalanced_drift_repairs", "Kernel state changed by someone else and put back",
+                                    labels=["kind"])
+        for kind in DRIFT_KINDS:
+            drift.add_metric([kind], st.drift.get(kind, 0))
+        yield drift
         info = GaugeMetricFamily("wanbalanced_build_info", "Version of the running daemon", labels=["version"])
         info.add_metric([st.version], 1)
         yield info

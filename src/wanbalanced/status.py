@@ -69,6 +69,7 @@ class Status:
     reload_successful: bool
     reload_success_time: float
     resyncs: int
+    drift: dict[str, int]  # repairs by kind
 
     def summary(self) -> str:
         """One line, e.g. "teql0: 2/2 slaves attached"."""
@@ -84,7 +85,7 @@ def build(
     config: Config, core: Core, snap: Snapshot, *, version: str, attaches: dict[str, int],
     detaches: dict[str, int], faults: tuple[Fault, ...], reload_successful: bool,
     reload_success_time: float, resyncs: int, mono_now: float, wall_now: float,
-    probes: dict[tuple[str, str], tuple[int, int]] | None = None,
+    probes: dict[tuple[str, str], tuple[int, int]] | None = None, drift: dict[str, int] | None = None,
 ) -> Status:
     """Assemble the status from the core's machines and the snapshot."""
     slaves = []
@@ -122,6 +123,7 @@ def build(
         version=version, pid=os.getpid(), slaves=tuple(slaves), equalizers=tuple(equalizers),
         probes=probe_rows, faults=faults,
         reload_successful=reload_successful, reload_success_time=reload_success_time, resyncs=resyncs,
+        drift=dict(drift or {}),
     )
 
 

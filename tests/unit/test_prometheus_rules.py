@@ -60,6 +60,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wanbalanced_config_last_reload_successful": ("gauge", ()),
     "wanbalanced_config_last_reload_success_timestamp_seconds": ("gauge", ()),
     "wanbalanced_netlink_resyncs_total": ("counter", ()),
+    "wanbalanced_drift_repairs_total": ("counter", ("kind",)),
     "wanbalanced_build_info": ("gauge", ("version",)),
 }
 
