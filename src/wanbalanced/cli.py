@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -39,13 +40,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from . import daemon, logs
 
+    # A reload request before the loop can take it must not kill the daemon
+    # (SIGHUP's default); the loop installs its own handler.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     secure = not args.allow_insecure_config
     config = _load(args.config, secure)
     if config is None:
         return 1
     logs.setup(args.log_level or config.daemon.log_level)
     try:
-        return asyncio.run(daemon.run(config, args.config, secure))
+        return asyncio.run(daemon.run(config, args.config, secure, args.log_level))
     except PermissionError as e:
         print(f"wanbalanced: {e}: run as root or with CAP_NET_ADMIN", file=sys.stderr)
         return 1

@@ -62,9 +62,10 @@ class Daemon:
     """Keeps the kernel converged on the configuration until told to stop."""
 
     def __init__(self, config: Config, kernel: Kernel | None = None, *, config_path: str | None = None,
-                 secure_config: bool = False, clock: Callable[[], float] = time.monotonic,
-                 notifier: Notifier | None = None) -> None:
+                 secure_config: bool = False, log_level: str | None = None,
+                 clock: Callable[[], float] = time.monotonic, notifier: Notifier | None = None) -> None:
         self.config = config
+        self.log_level = log_level  # --log-level wins over the file, also after a reload
         self.config_path = config_path
         self.secure_config = secure_config
         self.kernel = kernel or Kernel(rcvbuf=config.daemon.netlink_rcvbuf)
@@ -244,7 +245,7 @@ class Daemon:
                 log.warning("daemon.%s changed: takes effect at the next restart", key, extra=fields(event="reload"))
         cleanup = self.core.reconfigure(new, self.snap, self.clock())
         self.config = self.report.config = new
-        set_level(new.daemon.log_level)
+        set_level(self.log_level or new.daemon.log_level)
         for action in cleanup:
             await self._execute(action, None)
         await self.reconcile(None)
@@ -322,6 +323,7 @@ class Daemon:
         self.report.failed(action, e.detail or str(e), delay, first=old is None or old.error != str(e))
 
 
-async def run(config: Config, config_path: str | None = None, secure_config: bool = False) -> int:
+async def run(config: Config, config_path: str | None = None, secure_config: bool = False,
+              log_level: str | None = None) -> int:
     """Run the daemon until SIGTERM or SIGINT; returns the exit status."""
-    return await Daemon(config, config_path=config_path, secure_config=secure_config).run()
+    return await Daemon(config, config_path=config_path, secure_config=secure_config, log_level=log_level).run()

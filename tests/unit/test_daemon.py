@@ -192,3 +192,17 @@ async def test_sighup_reload_applies_a_good_file_and_keeps_the_old_on_a_bad_one(
     assert d.config.equalizers["teql0"].slaves == ("wan0",)
     assert not task.done()
     assert await stop(task) == 0
+
+
+@run_async
+async def test_reload_keeps_the_command_line_log_level(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(DAEMON_CONFIG)  # no log_level: the file says info
+    kernel = FakeKernel(fresh())
+    d = Daemon(config(DAEMON_CONFIG), kernel, config_path=str(path), log_level="debug")  # type: ignore[arg-type]
+    task = asyncio.create_task(d.run())
+    await until(lambda: d.status is not None)
+    logging.getLogger("wanbalanced").setLevel(logging.DEBUG)
+    assert await d.reload()
+    assert logging.getLogger("wanbalanced").level == logging.DEBUG
+    assert await stop(task) == 0
