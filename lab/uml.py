@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO
 
 __all__ = [
@@ -181,24 +182,21 @@ def _job_script(cwd: str, env: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the UML kernel and all its host helper processes."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-    # The helpers are ptraced by the kernel process and may linger briefly.
-    deadline = time.monotonic() + 5
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the UML kernel and its host helper processes (its own process
+    group; the helpers are ptraced by the kernel process and may linger)."""
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
-            return
+            break
+        proc.poll()  # reap linux.uml itself: a zombie still counts in the group
         time.sleep(0.05)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _pump(stream: IO[bytes], out: queue.Queue[str | None]) -> None:
@@ -208,6 +206,44 @@ def _pump(stream: IO[bytes], out: queue.Queue[str | None]) -> None:
         # "overwrite the line" (progress output): keep what is left visible.
         out.put(line.rsplit("\r", 1)[-1])
     out.put(None)
+
+
+def follow(proc: subprocess.Popen[bytes], timeout: float, on_line: Callable[[str], None]) -> bool:
+    """Hand each console line of `proc` to `on_line` until it closes its
+    output or `timeout` runs out; True on timeout. The reading happens in a
+    thread so that a silent guest cannot block the deadline."""
+    assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        try:
+            line = lines.get(timeout=min(left, 1.0))
+        except queue.Empty:
+            continue
+        if line is None:
+            return False
+        on_line(line)
+
+
+def command_line(parser: argparse.ArgumentParser, words: list[str],
+                 env_items: list[str]) -> tuple[str, dict[str, str]]:
+    """The shell command and the environment of a `-- COMMAND...` CLI: one
+    word is a command line, several are quoted into one."""
+    if words and words[0] == "--":
+        words = words[1:]
+    if not words:
+        parser.error("no command given")
+    env: dict[str, str] = {}
+    for item in env_items:
+        key, sep, value = str(item).partition("=")
+        if not sep:
+            parser.error(f"--env needs KEY=VALUE, got {item!r}")
+        env[key] = value
+    return (words[0] if len(words) == 1 else shlex.join(words)), env
 
 
 def run_in_guest(
@@ -270,37 +306,21 @@ def run_in_guest(
             cwd=str(jobdir),
             start_new_session=True,
         )
-        assert proc.stdout is not None
-        lines: queue.Queue[str | None] = queue.Queue()
-        reader = threading.Thread(
-            target=_pump, args=(proc.stdout, lines), daemon=True
-        )
-        reader.start()
-        deadline = time.monotonic() + timeout
-        timed_out = False
         in_job = False
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                break
-            try:
-                line = lines.get(timeout=min(left, 1.0))
-            except queue.Empty:
-                continue
-            if line is None:
-                break
+
+        def show(line: str) -> None:
+            nonlocal tail, in_job
             tail = (tail + [line])[-40:]
             if line == BEGIN_MARK:
                 in_job = True
-                continue
-            if line.startswith(END_MARK):
+            elif line.startswith(END_MARK):
                 in_job = False
-                continue
-            if stream and (in_job or line.startswith("lab-init:")):
+            elif stream and (in_job or line.startswith("lab-init:")):
                 print(line, flush=True)
+
+        timed_out = follow(proc, timeout, show)
         if timed_out:
-            _kill_tree(proc)
+            kill_tree(proc)
             print(
                 f"lab: guest timed out after {timeout:g}s, killed",
                 file=sys.stderr,
@@ -310,10 +330,9 @@ def run_in_guest(
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                _kill_tree(proc)
+                kill_tree(proc)
             # UML leaves helper processes behind only if it crashed.
-            _kill_tree(proc)
-        reader.join(timeout=5)
+            kill_tree(proc)
         try:
             rc = int(rcfile.read_text().strip())
         except (OSError, ValueError):
@@ -354,18 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    words: list[str] = list(args.command)
-    if words and words[0] == "--":
-        words = words[1:]
-    if not words:
-        parser.error("no command given")
-    command = words[0] if len(words) == 1 else shlex.join(words)
-    env: dict[str, str] = {}
-    for item in args.env:
-        key, sep, value = str(item).partition("=")
-        if not sep:
-            parser.error(f"--env needs KEY=VALUE, got {item!r}")
-        env[key] = value
+    command, env = command_line(parser, list(args.command), list(args.env))
     reason = lab_available()
     if reason is not None:
         print(f"lab not available: {reason}", file=sys.stderr)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lab.systemd.boot import Mount, run_job
 from lab.systemd.rootfs import cache_dir, ensure_root, root_key, unavailable
-from lab.uml import NO_RC, REPO
+from lab.uml import NO_RC, REPO, command_line
 
 
 def _mount(spec: str) -> Mount:
@@ -66,18 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{root} ({time.monotonic() - start:.1f}s)")
         return 0
 
-    words: list[str] = list(args.command)
-    if words and words[0] == "--":
-        words = words[1:]
-    if not words:
-        parser.error("no command given")
-    command = words[0] if len(words) == 1 else shlex.join(words)
-    env: dict[str, str] = {}
-    for item in args.env:
-        key, sep, value = str(item).partition("=")
-        if not sep:
-            parser.error(f"--env needs KEY=VALUE, got {item!r}")
-        env[key] = value
+    command, env = command_line(parser, list(args.command), list(args.env))
     mounts = [Mount(REPO, "/mnt/wanbalanced"), *args.mount]
     result = run_job(
         root, command, results=REPO / ".lab" / "systemd-run", mounts=mounts,

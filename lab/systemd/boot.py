@@ -32,21 +32,18 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from lab.systemd import driver
 from lab.systemd.rootfs import new_run_root, remove_run_root
-from lab.uml import NO_RC, uml_binary
+from lab.uml import NO_RC, follow, kill_tree, uml_binary
 
 __all__ = ["GuestRun", "Mount", "run_job"]
 
@@ -165,29 +162,6 @@ def _prepare(
     (wants / DRIVER_UNIT).symlink_to(f"/etc/systemd/system/{DRIVER_UNIT}")
 
 
-def _pump(stream: IO[bytes], out: queue.Queue[str | None]) -> None:
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", "replace").rstrip("\n").rstrip("\r")
-        out.put(line)
-    out.put(None)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill linux.uml and its helper processes (its own process group)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            break
-        proc.poll()  # reap linux.uml itself: a zombie still counts in the group
-        time.sleep(0.05)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 def run_job(
     root: Path,
     command: str,
@@ -252,29 +226,17 @@ def run_job(
         timed_out = False
         driver_seconds: float | None = None
         try:
-            assert proc.stdout is not None
-            lines: queue.Queue[str | None] = queue.Queue()
-            reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
-            reader.start()
-            deadline = start + timeout
             with open(results / "console.log", "w", encoding="utf-8") as console:
-                while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        timed_out = True
-                        break
-                    try:
-                        line = lines.get(timeout=min(left, 1.0))
-                    except queue.Empty:
-                        continue
-                    if line is None:
-                        break
+                def show(line: str) -> None:
+                    nonlocal driver_seconds
                     console.write(line + "\n")
                     console.flush()
                     if line == driver.BEGIN and driver_seconds is None:
                         driver_seconds = time.monotonic() - start
                     elif stream and line.startswith(driver.PREFIX):
                         say(line[len(driver.PREFIX):])
+
+                timed_out = follow(proc, timeout, show)
             if timed_out:
                 say(f"lab-systemd: guest timed out after {timeout:g}s, killed")
             else:
@@ -283,7 +245,7 @@ def run_job(
                 except subprocess.TimeoutExpired:
                     pass
         finally:
-            _kill_group(proc)
+            kill_tree(proc)
         seconds = time.monotonic() - start
     finally:
         if not keep_root:
