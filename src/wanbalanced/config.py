@@ -42,6 +42,9 @@ def _parse_duration(v: object) -> float:
             raise ValueError(f"invalid duration {_q(v)}: {_DURATION_FORMS}")
         seconds = float(m[1]) * _UNITS[m[2]]
     elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        if isinstance(v, int) and abs(v) > _MAX_DURATION:  # also ints too big for a float
+            raise ValueError(f"duration {'-' if v < 0 else ''}{min(abs(v), 10**12)}"
+                             f"{'...' if abs(v) > 10**12 else ''} is out of range (0 to 86400 seconds)")
         if not math.isfinite(v) or v < 0:
             what = "negative" if v < 0 else "not a finite number"
             raise ValueError(f"invalid duration {v} ({what}): {_DURATION_FORMS}")
@@ -80,9 +83,9 @@ def _check_slave_name(name: str) -> str:
 
 
 def _check_equalizer_name(name: str) -> str:
-    if not _TEQL_RE.fullmatch(name):
+    if not _TEQL_RE.fullmatch(name) or len(name) > 15:
         raise ValueError(f"equalizer name {_q(name)} is not a teql device name "
-                         "(teql0, teql1, ...: the names sch_teql creates)")
+                         "(teql0, teql1, ...: the names sch_teql creates, at most 15 bytes)")
     return name
 
 
@@ -107,6 +110,12 @@ def _parse_address(v: object) -> object:
     if not isinstance(addr, IPv4Interface):
         raise ValueError(f"{_q(v)} is not an IPv4 address; teql devices here carry IPv4 only")
     return addr
+
+
+def _not_local_table(v: int) -> int:
+    if v == 255:
+        raise ValueError("255 is the kernel's local table, which holds local and broadcast routes only")
+    return v
 
 
 def _parse_rp_filter(v: object) -> object:
@@ -196,7 +205,7 @@ class ProbeConfig(BaseModel):
     down_after: Annotated[int, Field(ge=1, le=1000)] = 5   # consecutive failed rounds: dead
     up_after: Annotated[int, Field(ge=1, le=1000)] = 5     # consecutive good rounds: healthy again
     min_targets: Annotated[int, Field(ge=1, le=16)] = 1
-    max_rtt: Duration | None = None                       # slower replies count as lost
+    max_rtt: Annotated[Duration, Field(gt=0)] | None = None  # slower replies count as lost
     source: IPv4 | None = None                            # source address of the probes
 
     @model_validator(mode="after")
@@ -253,7 +262,7 @@ class EqualizerConfig(BaseModel):
     address: Annotated[IPv4Interface | None, BeforeValidator(_parse_address)] = None
     default_route: bool = True
     route_metric: Annotated[int, Field(ge=0, le=4294967295)] = 0
-    route_table: Annotated[int, Field(ge=1, le=4294967295)] = 254  # 254 is "main"
+    route_table: Annotated[int, Field(ge=1, le=4294967295), AfterValidator(_not_local_table)] = 254  # 254: main
     rp_filter: Annotated[int | None, BeforeValidator(_parse_rp_filter)] = 0  # None: unmanaged
 
 
@@ -319,7 +328,7 @@ def _cross_check(raw: dict[str, Any]) -> list[tuple[Loc, str]]:
             if name in seen:
                 found.append((loc, f"{_q(name)} is already listed at slaves[{seen[name]}]"))
             elif owner.setdefault(name, eq) != eq:
-                found.append((loc, f"{_q(name)} is already a slave of {owner[name]}; "
+                found.append((loc, f"{_q(name)} is already a slave of {_key(owner[name])}; "
                                    "a slave can belong to one equalizer only"))
             seen.setdefault(name, i)
         try:
@@ -329,7 +338,7 @@ def _cross_check(raw: dict[str, Any]) -> list[tuple[Loc, str]]:
         if isinstance(addr, IPv4Interface):
             if addresses.setdefault(addr.ip, eq) != eq:
                 found.append((("equalizers", eq, "address"),
-                              f"{addr.ip} is also the address of {addresses[addr.ip]}"))
+                              f"{addr.ip} is also the address of {_key(addresses[addr.ip])}"))
     slave_tables = raw.get("slaves")
     for name in (slave_tables if isinstance(slave_tables, dict) else ()):
         if name not in owner:
@@ -360,13 +369,31 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
+def _real_loc(raw: Any, loc: Loc) -> Loc:
+    """pydantic's loc without its "[key]" marker (an invalid dict key: the key
+    itself is the path), unless the document really has a key named so."""
+    out: list[str | int] = []
+    for part in loc:
+        if part == "[key]" and not (isinstance(raw, dict) and part in raw):
+            continue
+        out.append(part)
+        raw = raw.get(part) if isinstance(raw, dict) else (
+            raw[part] if isinstance(raw, list) and isinstance(part, int) and part < len(raw) else None)
+    return tuple(out)
+
+
+def _key(name: str) -> str:
+    """A key as a path shows it: bare when TOML allows it, else quoted."""
+    return name if _BARE_KEY_RE.fullmatch(name) else _q(name)
+
+
 def _format_loc(loc: Loc) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part != "[key]":  # pydantic's marker for an invalid dict key: the key is the path
-            out += ("." if out else "") + (part if _BARE_KEY_RE.fullmatch(part) else _q(part))
+        else:
+            out += ("." if out else "") + _key(part)
     return out
 
 
@@ -412,7 +439,7 @@ def _position(raw: Any, loc: Loc) -> list[int]:
         elif isinstance(raw, list) and isinstance(part, int) and part < len(raw):
             key.append(part)
             raw = raw[part]
-        elif part != "[key]":
+        else:
             key.append(1 << 30)  # missing keys go after what is there
             raw = None
     return key
@@ -426,13 +453,15 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         raise ConfigError(source, [Problem("", f"TOML syntax error: {e}")]) from None
     except RecursionError:
         raise ConfigError(source, [Problem("", "TOML syntax error: nested too deeply")]) from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(source, [Problem("", f"unreadable value: {e}")]) from None
     found = _cross_check(raw)
     try:
         config = Config.model_validate(raw, context={"cross_checked": True})
         if not found:
             return config
     except ValidationError as e:
-        found += [(tuple(err["loc"]), _message(err)) for err in e.errors()]
+        found += [(_real_loc(raw, tuple(err["loc"])), _message(err)) for err in e.errors()]
     found.sort(key=lambda f: _position(raw, f[0]))
     problems = dict.fromkeys(Problem(_format_loc(loc), msg) for loc, msg in found)
     raise ConfigError(source, problems)

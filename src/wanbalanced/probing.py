@@ -56,14 +56,14 @@ class ProbeManager:
                 self._start(name, link.index, want)
 
     def _start(self, name: str, index: int, cfg: ProbeConfig) -> None:
-        settings = ProbeSettings(
-            targets=tuple(str(t) for t in cfg.targets), interval=cfg.interval, timeout=cfg.timeout,
-            min_targets=cfg.min_targets, max_rtt=cfg.max_rtt, source=str(cfg.source) if cfg.source else None,
-        )
-        prober = Prober(name, settings, self._round)
         try:
+            settings = ProbeSettings(
+                targets=tuple(str(t) for t in cfg.targets), interval=cfg.interval, timeout=cfg.timeout,
+                min_targets=cfg.min_targets, max_rtt=cfg.max_rtt, source=str(cfg.source) if cfg.source else None,
+            )
+            prober = Prober(name, settings, self._round)
             prober.start()
-        except OSError as e:
+        except (OSError, ValueError) as e:
             if self._failed.get(name) != str(e):
                 log.error("%s: cannot probe: %s; the slave stays out until probes can run", name, e,
                           extra=fields(slave=name, event="error", reason=str(e)))
