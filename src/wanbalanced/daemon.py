@@ -239,6 +239,18 @@ class Daemon:
                       extra=fields(event="reload", reason=problems))
             self.notifier.ready(self._publish())
             return False
+        try:
+            # Rehearse on a throwaway core: whatever fails must fail before the
+            # running configuration is touched, never halfway through.
+            trial = Core(new, self.clock())
+            trial.observe(self.snap, self.clock())
+            trial.plan(self.snap)
+        except Exception as e:  # noqa: BLE001 - any failure means: keep the old config
+            self.counters.reload_successful = False
+            log.error("reload failed, keeping the running configuration: cannot apply it: %r", e,
+                      extra=fields(event="reload", reason=repr(e)))
+            self.notifier.ready(self._publish())
+            return False
         old = self.config
         for key in ("metrics_listen", "control_socket"):
             if getattr(old.daemon, key) != getattr(new.daemon, key):

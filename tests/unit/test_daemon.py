@@ -206,3 +206,25 @@ async def test_reload_keeps_the_command_line_log_level(tmp_path: Path) -> None:
     assert await d.reload()
     assert logging.getLogger("wanbalanced").level == logging.DEBUG
     assert await stop(task) == 0
+
+
+@run_async
+async def test_a_config_that_cannot_be_applied_is_not_half_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(DAEMON_CONFIG)
+    kernel = FakeKernel(fresh())
+    d, task = await start(kernel, str(path))
+    before, executed = d.config, list(kernel.executed)
+    path.write_text(DAEMON_CONFIG.replace('"wan0", "wan1"', '"wan0"'))
+
+    def boom(*_: object) -> object:
+        raise OverflowError("simulated")
+
+    monkeypatch.setattr(daemon_mod.Core, "plan", boom)
+    assert not await d.reload()
+    monkeypatch.undo()
+    assert d.config is before and kernel.executed == executed
+    assert d.status is not None and not d.status.reload_successful
+    assert await stop(task) == 0
