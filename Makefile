@@ -65,3 +65,27 @@ demo: deps
 
 clean:
 	rm -rf $(VENV) .lab build *.egg-info src/*.egg-info
+
+# The benchmark suite (bench/, docs/benchmarks.md): every contender in one lab
+# guest, one after another, on the same lines; raw results in bench/results/.
+# Besides the lab it needs the other contenders, ifplugd and teamd (Debian
+# packages ifplugd and libteam-utils: installed if apt-cache policy offers
+# them, else their contenders are reported as not run), and matplotlib for the
+# plot (the `bench` extra, host side only). Settings: WB_BENCH_* variables.
+BENCH_APT := ifplugd libteam-utils
+.PHONY: bench
+bench: $(STAMP)
+	@missing=$$(for p in $(BENCH_APT); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  offered() { apt-cache policy "$$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }; \
+	  for p in $$missing; do offered $$p || { apt-get update -q; break; }; done; \
+	  avail=""; for p in $$missing; do \
+	    if offered $$p; then avail="$$avail $$p"; else echo "bench: no Debian package $$p here; its contenders will not run"; fi; \
+	  done; \
+	  if [ -n "$$avail" ]; then \
+	    echo "installing Debian packages:$$avail"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$avail; \
+	  fi; \
+	fi
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench

@@ -1,0 +1,242 @@
+"""What running a contender costs (guest side).
+
+* **idle**: CPU and resident memory of the contender's user-space processes
+  on converged, quiet lines, at 2 and 64 slaves: CPU over consecutive windows
+  (median and spread), RSS at the end.
+* **startup**: time from launching ``wanbalanced run`` to its ``READY=1``
+  (sd_notify, on a socket of ours), from a kernel where nothing is set up
+  (``cold``: it attaches every slave first) and from a converged one
+  (``warm``: a restart).
+* **storm**: the carrier events per second wanbalanced absorbs before its
+  reaction latency degrades. Lines 2..N-1 flap (B's far ends toggled by a paced
+  generator inside ``rb``) while lines 0 and 1 are cut and restored as in the
+  latency suite; per storm rate: the reaction latencies, the daemon's CPU, and
+  whether it lost events (a resync) or fell behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from lab.daemon import WANBALANCED
+from lab.topo import NS, batch
+
+from .contenders import WORK, Contender, Wb, by_name
+from .events import Observer, carrier
+from .lines import Lines
+from .stats import summary
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (and their reaped children), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state is fields[0]; utime, stime, cutime, cstime are 14..17 of stat
+        total += sum(int(x) for x in fields[11:15])
+    return total / TICK
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def idle_one(c: Contender, lines: Lines, n: int, seconds: float, window: float = 4.0) -> dict[str, Any]:
+    """CPU (per window of ``window`` seconds) and RSS of ``c`` on ``n`` quiet lines."""
+    lines.setup(n, up=c.family == "teql")
+    c.setup(lines)
+    try:
+        c.wait_ready()
+        time.sleep(2.0)
+        pids = c.pids()
+        shares: list[float] = []
+        for _ in range(max(1, int(seconds / window))):
+            before, t0 = cpu_seconds(pids), time.monotonic()
+            time.sleep(window)
+            shares.append(100.0 * (cpu_seconds(pids) - before) / (time.monotonic() - t0))
+        return {"processes": len(pids), "window_s": window, "cpu_pct_windows": shares,
+                "cpu_pct": summary(shares), "rss_kib": rss_kib(pids)}
+    finally:
+        c.teardown()
+        lines.teardown()
+
+
+# -- startup ---------------------------------------------------------------------------
+
+
+def _unconfigure(slaves: list[str]) -> None:
+    """Undo what the daemon set up: a kernel it must converge from scratch."""
+    batch([["qdisc", "del", "dev", s, "root"] for s in slaves], tool="tc", check=False)
+    batch([["route", "flush", "dev", "teql0"], ["addr", "flush", "dev", "teql0"], ["link", "set", "teql0", "down"]],
+          check=False)
+
+
+def _time_to_ready(config: str, timeout: float = 60.0) -> float:
+    sock_path = str(WORK / "notify.sock")
+    if os.path.exists(sock_path):
+        os.unlink(sock_path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(timeout)
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+    log = open(WORK / "startup.log", "ab")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([str(WANBALANCED), "run", "--config", config], env=env, stdout=log, stderr=log)
+    log.close()
+    try:
+        while True:
+            data = sock.recv(4096)
+            if b"READY=1" in data.split(b"\n"):
+                return time.monotonic() - t0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        sock.close()
+
+
+def startup_one(variant: str, lines: Lines, n: int, runs: int) -> dict[str, Any]:
+    """Seconds from launch to READY=1, ``runs`` times cold and warm."""
+    c = by_name([variant])[0]
+    assert isinstance(c, Wb)
+    lines.setup(n)
+    lines.neighbours(lines.slaves)
+    WORK.mkdir(parents=True, exist_ok=True)
+    config = WORK / "startup.toml"
+    config.write_text(c.config(lines.slaves))
+    cold: list[float] = []
+    warm: list[float] = []
+    try:
+        for _ in range(runs):
+            _unconfigure(lines.slaves)
+            cold.append(_time_to_ready(str(config)))
+            warm.append(_time_to_ready(str(config)))
+    finally:
+        lines.teardown()
+    return {"cold_s": cold, "warm_s": warm, "cold": summary(cold), "warm": summary(warm)}
+
+
+# -- event storm ----------------------------------------------------------------------
+
+
+STORM = """
+import sys, time
+from pyroute2 import IPRoute
+rate, seconds, first, last = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+with IPRoute() as ipr:
+    index = [ipr.link_lookup(ifname=f"wan{i}p")[0] for i in range(first, last + 1)]
+    up = [True] * len(index)
+    print("ready", flush=True)
+    start = time.monotonic()
+    k = 0
+    while True:
+        due = start + k / rate
+        now = time.monotonic()
+        if due - start >= seconds:
+            break
+        if due > now:
+            time.sleep(due - now)
+        j = k % len(index)
+        up[j] = not up[j]
+        ipr.link("set", index=index[j], state="up" if up[j] else "down")
+        k += 1
+    took = time.monotonic() - start
+    for j in range(len(index)):
+        if not up[j]:
+            ipr.link("set", index=index[j], state="up")
+print(k, took, flush=True)
+"""
+
+
+def storm(obs: Observer, lines: Lines, rates: list[float], n: int, seconds: float,
+          rng: random.Random, log: Any = print) -> dict[str, Any]:
+    """wanbalanced (carrier only, damping off: every flap is a write) under a
+    storm of carrier changes on lines 2..n-1."""
+    c = Wb(damping=False)
+    lines.setup(n)
+    c.setup(lines)
+    out: dict[str, Any] = {"slaves": n, "seconds": seconds, "steps": []}
+    try:
+        c.wait_ready()
+        assert c.daemon is not None and c.daemon.proc is not None
+        pid = c.daemon.proc.pid
+        obs.only(["wan0", "wan1"])
+        for rate in rates:
+            gen = None
+            if rate > 0:
+                gen = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", STORM, str(rate),
+                                        str(seconds), "2", str(n - 1)], stdout=subprocess.PIPE, text=True)
+                assert gen.stdout is not None
+                if gen.stdout.readline().strip() != "ready":
+                    raise RuntimeError("storm generator did not start")
+            cpu0, t0 = cpu_seconds([pid]), time.monotonic()
+            out_ms: list[float] = []
+            back_ms: list[float] = []
+            missed = 0
+            k = 0
+            while time.monotonic() - t0 < seconds - 0.5:
+                i = k % 2
+                slave = f"wan{i}"
+                k += 1
+                mark = obs.mark()
+                lines.carrier_down(i)
+                lost = obs.wait(carrier(slave, False), mark, 5)
+                taken = obs.wait(lambda e: c.takes_out(e, slave), mark, 5)
+                mark2 = obs.mark()
+                lines.carrier_up(i)
+                found = obs.wait(carrier(slave, True), mark2, 5)
+                back = obs.wait(lambda e: c.puts_back(e, slave), mark2, 5)
+                if lost and taken and found and back:
+                    out_ms.append((taken.t - lost.t) * 1e3)
+                    back_ms.append((back.t - found.t) * 1e3)
+                else:
+                    missed += 1
+                time.sleep(rng.uniform(0.02, 0.1))
+            achieved = 0.0
+            if gen is not None:
+                count, took = gen.communicate(timeout=seconds + 60)[0].split()
+                achieved = int(count) / float(took)
+            cpu = 100.0 * (cpu_seconds([pid]) - cpu0) / (time.monotonic() - t0)
+            # After the storm: how long until every line is attached again.
+            settle0 = time.monotonic()
+            settled = None
+            while time.monotonic() - settle0 < 30:
+                if c.ready():
+                    settled = time.monotonic() - settle0
+                    break
+                time.sleep(0.05)
+            step: dict[str, Any] = {"rate": rate, "achieved": achieved, "daemon_cpu_pct": cpu, "out_ms": out_ms,
+                    "back_ms": back_ms, "missed": missed, "out": summary(out_ms), "back": summary(back_ms),
+                    "settle_s": settled}
+            out["steps"].append(step)
+            log(f"storm {achieved:6.0f}/s (asked {rate:g}): out p50 {step['out']['p50']:6.1f} "
+                f"p90 {step['out']['p90']:6.1f} ms, back p50 {step['back']['p50']:6.1f} ms, CPU {cpu:4.0f}%, "
+                f"missed {missed}, settled in {settled}")
+            obs.trim()
+        daemon_log = c.log()
+        out["resyncs"] = daemon_log.count("netlink events lost")
+    finally:
+        obs.only(None)
+        c.teardown()
+        lines.teardown()
+    return out
