@@ -84,7 +84,8 @@ bench: $(STAMP)
 	  done; \
 	  if [ -n "$$avail" ]; then \
 	    echo "installing Debian packages:$$avail"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$avail; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$avail \
+	      || echo "bench: could not install$$avail; their contenders will not run"; \
 	  fi; \
 	fi
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[bench]'

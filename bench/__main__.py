@@ -3,8 +3,8 @@
 Boots the lab guest (``lab/uml.py``) once per phase and runs the guest side
 (``bench/guest.py``) in it, which writes the raw results to
 ``bench/results/results.json``. If the guest kernel dies during a phase
-(docs/benchmarks.md explains why it can), the phase is booted again and
-resumes where it stopped. Then, on the host, ``bench/report.py`` turns the
+(docs/benchmarks.md, "TEQL over veth", explains how it could), the phase is
+booted again and resumes where it stopped. Then, on the host, ``bench/report.py`` turns the
 JSON into ``bench/results/loss.png`` and the tables of docs/benchmarks.md.
 
     python -m bench                 # a full run (about a quarter of an hour)

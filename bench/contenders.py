@@ -49,8 +49,9 @@ case "$2" in
 esac
 exit 0
 """
-# ifplugd polls the carrier; -t0 -T100000 polls every 100 ms (the default is
-# 1 s), -u0 -d0 remove its default up and down delays (Debian: 0 s and 10 s).
+# ifplugd polls the carrier: -t0 -T100000 polls every 100 ms (its default is
+# 1 s); -u0 -d0 remove the delays before it runs the script (its defaults: 0 s
+# up, 5 s down; Debian's /etc/default/ifplugd: 0 s and 10 s).
 IFPLUGD_ARGS = ["-n", "-s", "-a", "-I", "-q", "-p", "-f", "-u0", "-d0", "-t0", "-T100000"]
 
 
@@ -392,6 +393,7 @@ class Team(Contender):
 class TeamArp(Team):
     name = "team-arp"
     label = "team roundrobin (teamd), arp_ping every 100 ms"
+    in_kernel = False
     watch = {"name": "arp_ping", "interval": 100, "missed_max": 3,
              "source_host": "10.0.0.0", "target_host": "192.0.2.1"}
     detects_dead = True

@@ -6,9 +6,9 @@ far end on router B (A's ``wanI`` loses its carrier), waits for the
 contender's reaction, then brings the far end back and waits again. Both
 intervals are measured between two events read by the one observer process:
 the kernel's RTM_NEWLINK with the carrier change, and the contender's own
-change (see ``bench.contenders``). Trials rotate over the lines and are spaced
-by a random pause, so that periodic monitors (miimon, ARP, probes) are met at
-every phase of their period. wanbalanced runs without flap damping here.
+change (see ``bench.contenders``). Trials rotate over the lines, and a random
+pause precedes both the cut and the return, so that periodic monitors
+(miimon, ARP, probes) are met at every phase of their period. wanbalanced runs without flap damping here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ TIMEOUT = 5.0  #: a reaction slower than this counts as missed
 
 def one_size(obs: Observer, c: Contender, lines: Lines, n: int, trials: int, rng: random.Random) -> dict[str, Any]:
     started = time.monotonic()
-    lines.setup(n, up=c.family == "teql")
+    lines.setup(n, up=c.family == "teql", teql=c.family == "teql")
     if isinstance(c, Wb):
         # The trials cut the same lines again and again: flap damping would
         # (rightly) hold them down after the third time.
@@ -51,6 +51,10 @@ def one_size(obs: Observer, c: Contender, lines: Lines, n: int, trials: int, rng
                 out_ms.append((out.t - lost.t) * 1e3)
             else:
                 missed_out += 1
+            # A random pause before the line returns too: without it, the
+            # return would fall at a fixed phase of a periodic monitor (just
+            # after the tick that took the line out).
+            time.sleep(rng.uniform(0.05, 0.25))
             mark = obs.mark()
             lines.carrier_up(i)
             found = obs.wait(carrier(slave, True), mark, TIMEOUT)

@@ -60,11 +60,13 @@ class Lines:
     def slaves(self) -> list[str]:
         return [f"wan{i}" for i in range(self.n)]
 
-    def setup(self, n: int, *, up: bool = True, dead_faults: bool = False) -> None:
-        """A clean teql0, router B and ``n`` lines (A's ends up if ``up``),
-        nothing attached. ``dead_faults`` prepares ``kill``/``revive``."""
+    def setup(self, n: int, *, up: bool = True, dead_faults: bool = False, teql: bool = True) -> None:
+        """Router B and ``n`` lines (A's ends up if ``up``), nothing attached,
+        and a clean teql0 if ``teql`` (sch_teql reloaded). ``dead_faults``
+        prepares ``kill``/``revive``."""
         self.teardown()
-        reset_teql(1)
+        if teql:
+            reset_teql(1)
         self.lab.setup(n, up=up)
         self.n = n
         run("sysctl", "-q", "-w", "net.ipv4.udp_l3mdev_accept=1", ns=NS)

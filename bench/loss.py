@@ -93,7 +93,7 @@ def _inject(lines: Lines, action: str, sender: int) -> float:
 
 
 def trial(c: Contender, lines: Lines, s: Scenario, rate: float, number: int) -> dict[str, Any]:
-    lines.setup(2, up=c.family == "teql", dead_faults=True)
+    lines.setup(2, up=c.family == "teql", dead_faults=True, teql=c.family == "teql")
     c.setup(lines)
     procs: list[subprocess.Popen[str]] = []
     try:
@@ -113,7 +113,7 @@ def trial(c: Contender, lines: Lines, s: Scenario, rate: float, number: int) -> 
             if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"the {what} did not start")
         start = time.monotonic() + LEAD
-        for proc, instant in ((receiver, start + s.duration + 0.5), (sender, start)):
+        for proc, instant in ((receiver, start + s.duration + 0.3), (sender, start)):
             assert proc.stdin is not None
             proc.stdin.write(f"{instant:.6f}\n")
             proc.stdin.flush()  # communicate() closes it

@@ -11,10 +11,14 @@ with ``time.monotonic()`` the moment the message was read:
 ``{"t": ..., "ev": "bond", "if": "wan1", "mii": 2, "failures": 1}``
     a bond slave's MII status changed (IFLA_BOND_SLAVE_MII_STATUS, in the
     slave's RTM_NEWLINK: 0 up, 1 going down, 2 down, 3 going back);
-``{"t": ..., "ev": "team", "index": 7, "opt": "enabled", "on": false}``
-    a team port option changed (the team family's ``change_event`` group):
-    teamd takes a port out by clearing ``enabled`` (and, with a link watch,
-    sets ``user_linkup``).
+``{"t": ..., "ev": "team", "index": 7, "opt": "user_linkup", "on": false}``
+    a per-port team option changed (``enabled``, ``user_linkup``,
+    ``user_linkup_enabled``; the team family's ``change_event`` group): with a
+    periodic link watch (arp_ping) teamd owns the port's link and takes the
+    port out by clearing ``user_linkup``;
+``{"t": ..., "ev": "team_port", "index": 7, "linkup": false}``
+    the team driver's own view of a port's link changed (same group): without
+    a periodic watch it follows the carrier, in the kernel.
 
 Every event of a trial passes through this one process, so the carrier event
 and the change that answers it are timed by the same reader on the same clock.
