@@ -14,6 +14,12 @@ net.ipv4.ping_group_range, which excludes even root by default. Every raw ICMP
 socket on the device sees every echo reply, so each `Prober` has its own
 identifier and ignores replies that are not answers to its outstanding
 requests. One reader callback and a few timers per slave: no threads.
+
+Probers with the same interval keep their rounds on one grid of the loop's
+clock (multiples of the interval), so that the event loop sends every
+slave's round, and judges every round that times out, in one wake-up rather
+than one per slave. A round whose every request has been answered is judged
+at once; only missing replies wait for the timeout.
 """
 
 from __future__ import annotations
@@ -73,7 +79,9 @@ class ProbeSettings:
 
 @dataclass(frozen=True)
 class RoundResult:
-    """The verdict on one round, given once, `timeout` after it was sent."""
+    """The verdict on one round, given once: as soon as every target has
+    answered, else `timeout` after the round was sent. Rounds are judged in
+    the order they were sent."""
 
     slave: str
     seq: int                        # the round's sequence number
@@ -93,6 +101,22 @@ class _Round:
     sent: list[str] = field(default_factory=list)
     error: str | None = None
     judge: asyncio.TimerHandle | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every request was sent and answered (in time or not): no later
+        reply can change the verdict."""
+        return self.error is None and not self.pending
+
+
+def next_grid_point(now: float, interval: float) -> tuple[int, float]:
+    """The first multiple k*interval at least half an interval after `now`, as
+    (k, time). Two probers with the same interval compute the very same time,
+    so their rounds fall due in the same turn of the event loop; the half
+    interval keeps the gap after a round sent off the grid at 0.5 to 1.5
+    intervals."""
+    k = math.floor(now / interval + 0.5) + 1
+    return k, k * interval
 
 
 # -- packets -------------------------------------------------------------------
@@ -170,8 +194,9 @@ def _new_ident() -> int:
 
 class Prober:
     """Sends a round of echo requests to every target each `interval` through
-    `slave`, and calls `on_round` with each round's verdict, `timeout` after it
-    was sent (rounds overlap when timeout > interval).
+    `slave`, and calls `on_round` with each round's verdict, in order: once
+    every target has answered, else `timeout` after the round was sent (rounds
+    overlap when timeout > interval).
 
     `sock_factory` returns a socket ready to use (the default opens a raw ICMP
     socket bound to the slave); tests pass a fake. A socket is bound to the
@@ -180,12 +205,11 @@ class Prober:
     """
 
     def __init__(self, slave: str, settings: ProbeSettings, on_round: Callable[[RoundResult], None], *,
-                 clock: Callable[[], float] = time.monotonic,
                  sock_factory: Callable[[], socket.socket] | None = None) -> None:
         self.slave = slave
         self.settings = settings
         self.on_round = on_round
-        self.clock = clock
+        self.clock = time.monotonic  # the event loop's clock: it also places rounds on the grid
         self.ident = _new_ident()
         self.sent: dict[str, int] = dict.fromkeys(settings.targets, 0)
         self.lost: dict[str, int] = dict.fromkeys(settings.targets, 0)
@@ -194,8 +218,8 @@ class Prober:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seq = 0  # kept across stop/start, so a late reply to an old round cannot match a new one
-        self._rounds: dict[int, _Round] = {}
-        self._next_at = 0.0
+        self._rounds: dict[int, _Round] = {}  # outstanding, oldest first
+        self._slot = 0  # the next round is due at self._slot * interval on the loop's clock
         self._tick_handle: asyncio.TimerHandle | None = None
 
     @property
@@ -205,7 +229,7 @@ class Prober:
 
     def start(self) -> None:
         """Open the socket and send the first round now, then one every
-        `interval`, on the running loop. Raises OSError naming the slave if the
+        `interval` on the shared grid (see `next_grid_point`), on the running loop. Raises OSError naming the slave if the
         socket cannot be opened or bound."""
         if self._sock is not None:
             raise RuntimeError(f"{self.slave}: the prober is already running")
@@ -218,8 +242,10 @@ class Prober:
             sock.close()
             raise
         self._loop, self._sock = loop, sock
-        self._next_at = loop.time()
-        self._tick()
+        now = self.clock()
+        self._send_round(now, now)
+        self._slot, at = next_grid_point(now, self.settings.interval)
+        self._tick_handle = loop.call_at(at, self._tick)
 
     def stop(self) -> None:
         """Close the socket and cancel every timer: no on_round after this. Idempotent."""
@@ -241,22 +267,24 @@ class Prober:
 
     def _tick(self) -> None:
         assert self._loop is not None
-        self._send_round()
+        interval = self.settings.interval
+        # One clock read per round (in UML each one is a system call, ~55 µs):
+        # it stamps the round's requests and tells whether the loop stalled.
+        now = self.clock()
+        self._send_round(self._slot * interval, now)
         # A fixed schedule, so rounds do not drift by the loop's latency; after a
         # stall the missed rounds are skipped rather than sent in a burst.
-        interval, now = self.settings.interval, self._loop.time()
-        self._next_at += interval
-        if self._next_at <= now:
-            self._next_at += (math.floor((now - self._next_at) / interval) + 1) * interval
-        self._tick_handle = self._loop.call_at(self._next_at, self._tick)
+        self._slot = max(self._slot + 1, math.floor(now / interval) + 1)
+        self._tick_handle = self._loop.call_at(self._slot * interval, self._tick)
 
-    def _send_round(self) -> None:
+    def _send_round(self, due: float, now: float) -> None:
+        """Send a round that was due at `due` (and is sent at `now`); its judge
+        falls due `timeout` after `due`, with every other prober's of the slot."""
         assert self._sock is not None and self._loop is not None
         seq, self._seq = self._seq, (self._seq + 1) & 0xFFFF
-        rnd = _Round(seq, self.clock())
+        rnd = _Round(seq, now)
+        packet = build_echo(self.ident, seq, MAGIC + _STAMP.pack(now))
         for target in self.settings.targets:
-            stamp = self.clock()
-            packet = build_echo(self.ident, seq, MAGIC + _STAMP.pack(stamp))
             try:
                 self._sock.sendto(packet, (target, 0))
             except OSError as e:  # the round still waits for its timeout, so verdicts keep their pace
@@ -264,17 +292,38 @@ class Prober:
                 continue
             self.sent[target] += 1
             rnd.sent.append(target)
-            rnd.pending[target] = stamp
-        rnd.judge = self._loop.call_later(self.settings.timeout, self._judge, seq)
+            rnd.pending[target] = now
+        rnd.judge = self._loop.call_at(due + self.settings.timeout, self._timeout, seq)
         self._rounds[seq] = rnd
 
-    def _judge(self, seq: int) -> None:
+    def _timeout(self, seq: int) -> None:
         # Replies already queued on the socket arrived in time, even if the
         # loop has not read them yet.
         self._read()
-        rnd = self._rounds.pop(seq, None)
-        if rnd is None or self._sock is None:
+        if self._sock is None or seq not in self._rounds:
             return
+        # Rounds are judged in order: an older one still outstanding times out
+        # no later than this one (same timeout, sent earlier), so it is judged
+        # first; judge it here in case its timer has not run yet this turn.
+        while self._sock is not None and self._rounds:
+            oldest = next(iter(self._rounds))
+            self._judge(oldest)
+            if oldest == seq:
+                break
+        self._judge_completed()
+
+    def _judge_completed(self) -> None:
+        """Judge the oldest rounds while they are complete."""
+        while self._sock is not None and self._rounds:
+            oldest = next(iter(self._rounds.values()))
+            if not oldest.complete:
+                return
+            self._judge(oldest.seq)
+
+    def _judge(self, seq: int) -> None:
+        rnd = self._rounds.pop(seq)
+        if rnd.judge is not None:
+            rnd.judge.cancel()
         for target in rnd.sent:
             if target not in rnd.rtts:
                 self.lost[target] += 1
@@ -285,6 +334,7 @@ class Prober:
     # -- replies -----------------------------------------------------------------
 
     def _read(self) -> None:
+        now: float | None = None  # one clock read per wake-up, not per reply
         for _ in range(_READ_BATCH):
             if self._sock is None:
                 return
@@ -295,7 +345,9 @@ class Prober:
             except OSError:  # an ICMP error about one of our requests, reported once (sk_err)
                 self.ignored += 1
                 continue
-            self._reply(packet, self.clock())
+            if now is None:
+                now = self.clock()
+            self._reply(packet, now)
 
     def _reply(self, packet: bytes, now: float) -> None:
         parsed = parse_echo_reply(packet)
@@ -311,3 +363,5 @@ class Prober:
         rtt = now - sent
         if self.settings.max_rtt is None or rtt <= self.settings.max_rtt:
             rnd.rtts[source] = rtt  # else it answered too slowly: lost, and a duplicate stays ignored
+        if rnd.complete and next(iter(self._rounds)) == seq:
+            self._judge_completed()

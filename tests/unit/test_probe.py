@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from wanbalanced.probe import ProbeSettings, Prober, RoundResult, build_echo, parse_echo_reply
+from wanbalanced.probe import ProbeSettings, Prober, RoundResult, build_echo, next_grid_point, parse_echo_reply
 
 T1, T2 = "192.0.2.1", "198.51.100.1"
 LOCAL = "10.0.0.0"
@@ -400,3 +400,72 @@ async def test_start_fails_naming_the_slave() -> None:
     with pytest.raises(OSError, match="nosuchwan9"):
         prober.start()
     assert not prober.running
+
+
+@run_async
+async def test_answered_round_is_judged_at_once() -> None:
+    h = Harness(T1, T2, timeout=30.0)  # far beyond WAIT: only an early verdict arrives in time
+    h.prober.start()
+    for _ in range(2):
+        h.answer(await h.request())
+    result = await h.result()
+    h.prober.stop()
+    assert result.ok and set(result.rtts) == {T1, T2} and result.lost == ()
+
+
+@run_async
+async def test_partly_answered_round_waits_for_its_timeout() -> None:
+    # One target answered is enough for the verdict, but the other may still
+    # answer in time: its loss is only known at the timeout.
+    h = Harness(T1, T2, timeout=0.3)
+    h.prober.start()
+    requests = {r[0]: r for r in [await h.request(), await h.request()]}
+    h.answer(requests[T2])
+    await asyncio.sleep(0.1)
+    assert h.results.empty()
+    h.answer(requests[T1])
+    result = await h.result()
+    h.prober.stop()
+    assert result.ok and set(result.rtts) == {T1, T2} and h.prober.lost == {T1: 0, T2: 0}
+
+
+@run_async
+async def test_rounds_are_judged_in_order_when_a_later_one_completes_first() -> None:
+    h = Harness(interval=0.05, timeout=30.0)
+    h.prober.start()
+    first, second = await h.request(), await h.request()
+    assert (first[2], second[2]) == (0, 1)
+    h.answer(second)
+    await asyncio.sleep(0.02)
+    assert h.results.empty()  # round 1 is complete, but round 0 is still outstanding
+    h.answer(first)
+    results = [await h.result(), await h.result()]
+    h.prober.stop()
+    assert [r.seq for r in results] == [0, 1] and all(r.ok for r in results)
+
+
+@pytest.mark.parametrize("interval", [0.01, 0.1, 0.3, 1.0, 2.5])
+def test_next_grid_point(interval: float) -> None:
+    rng = random.Random(7)
+    for _ in range(1000):
+        now = rng.uniform(0, 1e6)
+        k, at = next_grid_point(now, interval)
+        assert at == k * interval
+        assert 0.5 * interval - 1e-6 <= at - now < 1.5 * interval + 1e-6
+
+
+@run_async
+async def test_probers_started_apart_send_and_judge_together() -> None:
+    a, b = Harness(interval=0.1, timeout=0.08), Harness(interval=0.1, timeout=0.08)
+    a.prober.start()
+    await asyncio.sleep(0.013)
+    b.prober.start()
+    handles = [p.prober._tick_handle for p in (a, b)]
+    assert handles[0] is not None and handles[1] is not None
+    assert handles[0].when() == handles[1].when()
+    # Their second rounds' judges (round 1, unanswered) fall due in the same turn of the loop too.
+    await until(lambda: a.prober._seq == 2 and b.prober._seq == 2)
+    judges = [p.prober._rounds[1].judge for p in (a, b)]
+    a.prober.stop()
+    b.prober.stop()
+    assert judges[0] is not None and judges[1] is not None and judges[0].when() == judges[1].when()
