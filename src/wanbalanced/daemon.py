@@ -79,7 +79,7 @@ class Daemon:
         self.metrics = Metrics(lambda: self.status)
         self.probes = ProbeManager(
             lambda: self.core, on_flip=lambda _slave: self._queue.put_nowait(_VERDICT),
-            on_rtt=lambda slave, target, rtt: self.metrics.probe_rtt.labels(slave, target).observe(rtt),
+            on_rtt=self.metrics.probe_rtt.observe,
         )
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._backoff: dict[Action, _Backoff] = {}

@@ -8,12 +8,14 @@ atomically), so the two threads share nothing mutable.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .status import STATES, Status
 
@@ -131,8 +133,46 @@ class StatusCollector(Collector):
         yield info
 
 
+class RttHistograms(Collector):
+    """wanbalanced_probe_rtt_seconds: one histogram per (slave, target),
+    observed by the event loop's thread only, read by scrapes.
+
+    prometheus-client's Histogram takes a lock three times per observation,
+    and CPython 3.11 reads the clock on every lock acquisition: a system call
+    where there is no vDSO (UML: 55 µs each), and a thousand observations a
+    second at 64 probed slaves. Here an observation is a bisect and two list
+    updates; a scrape copies each series' list in one step (atomic under the
+    GIL), so its buckets, count and sum always agree."""
+
+    NAME = "wanbalanced_probe_rtt_seconds"
+
+    def __init__(self, buckets: tuple[float, ...] = PROBE_RTT_BUCKETS) -> None:
+        self.buckets = buckets
+        # (slave, target) -> [count per bucket (not cumulative)..., count above the last, sum]
+        self._series: dict[tuple[str, str], list[float]] = {}
+
+    def observe(self, slave: str, target: str, seconds: float) -> None:
+        data = self._series.get((slave, target))
+        if data is None:
+            data = self._series[(slave, target)] = [0] * (len(self.buckets) + 2)
+        data[bisect_left(self.buckets, seconds)] += 1  # le: a value equal to a bound counts in its bucket
+        data[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.NAME, "Round-trip time of ICMP echo probes through the slave",
+                                       labels=["slave", "target"])
+        for (slave, target), live in list(self._series.items()):
+            data = live[:]
+            total, buckets = 0.0, []
+            for bound, count in zip((*self.buckets, float("inf")), data[:-1]):
+                total += count
+                buckets.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
+            family.add_metric([slave, target], buckets, sum_value=data[-1])
+        yield family
+
+
 class Metrics:
-    """The registry, the failover histogram and the HTTP endpoint."""
+    """The registry, the histograms and the HTTP endpoint."""
 
     def __init__(self, current: Callable[[], Status | None]) -> None:
         # No *_created series: the contract is the series documented, no more.
@@ -144,10 +184,8 @@ class Metrics:
             "From the kernel event the daemon received to the kernel change it caused",
             ["action"], buckets=FAILOVER_BUCKETS, registry=self.registry,
         )
-        self.probe_rtt = Histogram(
-            "wanbalanced_probe_rtt_seconds", "Round-trip time of ICMP echo probes through the slave",
-            ["slave", "target"], buckets=PROBE_RTT_BUCKETS, registry=self.registry,
-        )
+        self.probe_rtt = RttHistograms()
+        self.registry.register(self.probe_rtt)
         self._server: Any = None
 
     def serve(self, listen: str) -> None:

@@ -194,7 +194,28 @@ def test_exposition_is_exactly_the_documented_contract() -> None:
     st = make_status()
     m = Metrics(lambda: st)
     m.failover.labels("detach").observe(0.001)
-    m.probe_rtt.labels("wan0", "192.0.2.1").observe(0.001)
+    m.probe_rtt.observe("wan0", "192.0.2.1", 0.001)
     families = {f.name: f.type for f in text_string_to_metric_families(generate_latest(m.registry).decode())}
     contract = {name.removesuffix("_total"): kind for name, (kind, _) in METRICS.items()}
     assert families == contract
+
+
+def test_probe_rtt_histogram_matches_prometheus_clients() -> None:
+    # Our lock-free histogram must expose exactly what prometheus-client's
+    # Histogram would for the same observations (bounds included: le is <=).
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from wanbalanced.metrics import PROBE_RTT_BUCKETS, RttHistograms
+
+    ours = RttHistograms()
+    registry = CollectorRegistry(auto_describe=False)
+    reference = Histogram("wanbalanced_probe_rtt_seconds", "Round-trip time of ICMP echo probes through the slave",
+                          ["slave", "target"], buckets=PROBE_RTT_BUCKETS, registry=registry)
+    values = [0.0, 1e-4, 0.00042, 1e-3, 0.0123, 0.1, 0.7, 5.0, 9.5, *PROBE_RTT_BUCKETS]
+    for i, v in enumerate(values):
+        slave, target = f"wan{i % 2}", "192.0.2.1" if i % 3 else "192.0.2.2"
+        ours.observe(slave, target, v)
+        reference.labels(slave, target).observe(v)
+    theirs = CollectorRegistry(auto_describe=False)
+    theirs.register(ours)
+    assert generate_latest(theirs) == generate_latest(registry)
