@@ -111,7 +111,9 @@ def parse_stats(msg: Msg) -> LinkStats | None:
     )))
 
 
-def parse_link(msg: Msg) -> Link:
+def parse_link(msg: Msg, *, stats: bool = True) -> Link:
+    """A link from RTM_NEWLINK; `stats=False` skips the counters, which are
+    costly to decode and only needed by the periodic dump."""
     info = msg.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
     carrier = msg.get_attr("IFLA_CARRIER")
@@ -124,7 +126,7 @@ def parse_link(msg: Msg) -> Link:
         carrier=bool(carrier) if carrier is not None else bool(flags & 0x10000),
         mtu=int(msg.get_attr("IFLA_MTU") or 0),
         kind=kind,
-        stats=parse_stats(msg),
+        stats=parse_stats(msg) if stats else None,
     )
 
 
@@ -170,7 +172,7 @@ def apply_event(snap: Snapshot, msg: Msg) -> bool:
     """Update the snapshot from one event. Returns False for messages ignored."""
     event = msg.get("event")
     if event == "RTM_NEWLINK":
-        link = parse_link(msg)
+        link = parse_link(msg, stats=False)  # put_link keeps the counters of the last dump
         known = snap.links.get(link.index)
         snap.put_link(link)
         if known is None or known.name != link.name:

@@ -13,10 +13,13 @@ from wanbalanced.netlink import TC_H_ROOT
 from wanbalanced.observed import IFF_LOWER_UP, IFF_UP
 
 
-def link_msg(event: str, index: int, name: str, *, up: bool = True, carrier: bool = True, mtu: int = 1500) -> Any:
+def link_msg(event: str, index: int, name: str, *, up: bool = True, carrier: bool = True, mtu: int = 1500,
+             stats: dict[str, int] | None = None) -> Any:
     m = ifinfmsg()
     m["index"], m["flags"], m["event"] = index, (IFF_UP if up else 0) | (IFF_LOWER_UP if carrier else 0), event
     m["attrs"] = [("IFLA_IFNAME", name), ("IFLA_CARRIER", int(carrier)), ("IFLA_MTU", mtu)]
+    if stats is not None:
+        m["attrs"].append(("IFLA_STATS64", stats))
     return m
 
 
