@@ -16,7 +16,7 @@ what it started; the suite then tears the lines down.
 | ``team-arp`` | team roundrobin (teamd), arp_ping link watch, interval 100 ms | teamd clears the port's ``user_linkup`` |
 | ``wb-carrier`` | TEQL + wanbalanced, carrier only | RTM_DELQDISC of teql0 |
 | ``wb-probes`` | TEQL + wanbalanced, ICMP probes every 100 ms | RTM_DELQDISC of teql0 |
-| ``wb-probes-fast`` | the same, timeout 50 ms, 2 rounds to fail or recover (not run by default) | RTM_DELQDISC of teql0 |
+| ``wb-probes-fast`` | the same, timeout 50 ms, 2 rounds to fail or recover | RTM_DELQDISC of teql0 |
 
 wanbalanced runs with its default flap damping, except in the latency suite,
 which cuts the same lines again and again (damping would rightly hold them
@@ -271,8 +271,8 @@ class WbProbes(Wb):
 
 
 class WbProbesFast(WbProbes):
-    """Not run by default: the same probes judged sooner (timeout 50 ms, two
-    rounds to fail or recover), to show what the settings buy."""
+    """The same probes judged sooner (timeout 50 ms, two rounds to fail or
+    recover), to show what the settings buy."""
 
     name = "wb-probes-fast"
     label = "TEQL + wanbalanced, probes every 100 ms, timeout 50 ms, 2 rounds"
@@ -411,7 +411,7 @@ class TeamArp(Team):
 
 ALL: list[type[Contender]] = [Teql, TeqlIfplugd, Bond, BondArp, Team, TeamArp, Wb, WbProbes, WbProbesFast]
 #: What a run measures unless WB_BENCH_CONTENDERS says otherwise.
-DEFAULT = [c.name for c in ALL if c is not WbProbesFast]
+DEFAULT = [c.name for c in ALL]
 
 
 def by_name(names: list[str] | None = None) -> list[Contender]:

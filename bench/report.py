@@ -120,7 +120,12 @@ def latency_block(data: J) -> str:
                 assert isinstance(cell, dict)
                 st = cell[direction]
                 missed = cell.get(f"missed_{direction}", 0)
-                text = f"{_num(st['p50'])} / {_num(st['p90'])} / {_num(st['p99'])}"
+                if st["n"] and st["max"] <= 0:
+                    # Read with (or before) the carrier event itself: the
+                    # change is made in the kernel's own notifier.
+                    text = "0: with the carrier event"
+                else:
+                    text = f"{_num(st['p50'])} / {_num(st['p90'])} / {_num(st['p99'])}"
                 if missed:
                     text += f" ({missed} of {cell['trials']} missed)"
                 row.append(text)
