@@ -238,7 +238,7 @@ def cost_block(data: J) -> str:
             f"**Event storm** on {storm['slaves']} slaves (wanbalanced, carrier only, damping off so that every "
             "change is a kernel write): lines 2 and up flap at the given rate while lines 0 and 1 are cut and "
             "restored; reaction of lines 0 and 1 in ms, p50 / p90 / max:\n\n"
-            + _table(["asked (changes/s)", "achieved", "taken out", "put back", "daemon CPU", "missed",
+            + _table(["asked (changes/s)", "achieved", "taken out", "put back", "daemon CPU (ticks)", "missed",
                       "all attached again after"], rows)
             + "\n\n" + knee)
     elif isinstance(storm, dict):
