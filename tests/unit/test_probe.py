@@ -457,15 +457,29 @@ def test_next_grid_point(interval: float) -> None:
 @run_async
 async def test_probers_started_apart_send_and_judge_together() -> None:
     a, b = Harness(interval=0.1, timeout=0.08), Harness(interval=0.1, timeout=0.08)
-    a.prober.start()
-    await asyncio.sleep(0.013)
-    b.prober.start()
+    loop = asyncio.get_running_loop()
+    for _ in range(10):
+        # Start early enough in a slot that b, started 13 to 40 ms later, is
+        # still in it (the grid point moves on when now / interval + 0.5
+        # crosses an integer); retry if the machine was too slow for that.
+        while (loop.time() / 0.1 + 0.5) % 1 > 0.5:
+            await asyncio.sleep(0.005)
+        began = loop.time()
+        a.prober.start()
+        await asyncio.sleep(0.013)
+        b.prober.start()
+        if loop.time() - began < 0.04:
+            break
+        a.prober.stop()
+        b.prober.stop()
     handles = [p.prober._tick_handle for p in (a, b)]
     assert handles[0] is not None and handles[1] is not None
     assert handles[0].when() == handles[1].when()
-    # Their second rounds' judges (round 1, unanswered) fall due in the same turn of the loop too.
-    await until(lambda: a.prober._seq == 2 and b.prober._seq == 2)
-    judges = [p.prober._rounds[1].judge for p in (a, b)]
+    assert abs(handles[0].when() / 0.1 - round(handles[0].when() / 0.1)) < 1e-6  # on the grid
+    # Their second rounds' judges (unanswered) fall due in the same turn of the loop too.
+    second = [p.prober._seq for p in (a, b)]
+    await until(lambda: a.prober._seq == second[0] + 1 and b.prober._seq == second[1] + 1)
+    judges = [p.prober._rounds[seq].judge for p, seq in zip((a, b), second)]
     a.prober.stop()
     b.prober.stop()
     assert judges[0] is not None and judges[1] is not None and judges[0].when() == judges[1].when()
