@@ -45,6 +45,7 @@ SOL_RAW, ICMP_FILTER = 255, 1  # linux/icmp.h: a mask of the ICMP types the sock
 _READ_BATCH = 64  # packets per wake-up, so a flood cannot starve the loop
 _RECV_SIZE = 1500  # anything longer is not one of our replies (truncation fails its checksum)
 _STAMP = struct.Struct("!d")  # the payload's send time, for a capture
+_SLOT_SLACK = 0.005  # a round sent this late still shares its slot's judge time
 _idents = itertools.count()
 
 
@@ -229,8 +230,9 @@ class Prober:
 
     def start(self) -> None:
         """Open the socket and send the first round now, then one every
-        `interval` on the shared grid (see `next_grid_point`), on the running loop. Raises OSError naming the slave if the
-        socket cannot be opened or bound."""
+        `interval` on the shared grid (see `next_grid_point`), on the running
+        loop. Raises OSError naming the slave if the socket cannot be opened
+        or bound."""
         if self._sock is not None:
             raise RuntimeError(f"{self.slave}: the prober is already running")
         loop = asyncio.get_running_loop()
@@ -278,8 +280,9 @@ class Prober:
         self._tick_handle = self._loop.call_at(self._slot * interval, self._tick)
 
     def _send_round(self, due: float, now: float) -> None:
-        """Send a round that was due at `due` (and is sent at `now`); its judge
-        falls due `timeout` after `due`, with every other prober's of the slot."""
+        """Send a round that was due at `due` (and is sent at `now`). Its judge
+        falls due `timeout` after `due`, with every other prober's of the slot,
+        unless the loop was late: then the round keeps its whole timeout."""
         assert self._sock is not None and self._loop is not None
         seq, self._seq = self._seq, (self._seq + 1) & 0xFFFF
         rnd = _Round(seq, now)
@@ -293,7 +296,8 @@ class Prober:
             self.sent[target] += 1
             rnd.sent.append(target)
             rnd.pending[target] = now
-        rnd.judge = self._loop.call_at(due + self.settings.timeout, self._timeout, seq)
+        start = due if now - due <= _SLOT_SLACK else now
+        rnd.judge = self._loop.call_at(start + self.settings.timeout, self._timeout, seq)
         self._rounds[seq] = rnd
 
     def _timeout(self, seq: int) -> None:

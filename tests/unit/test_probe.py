@@ -483,3 +483,23 @@ async def test_probers_started_apart_send_and_judge_together() -> None:
     a.prober.stop()
     b.prober.stop()
     assert judges[0] is not None and judges[1] is not None and judges[0].when() == judges[1].when()
+
+
+@run_async
+async def test_a_round_sent_late_keeps_its_whole_timeout() -> None:
+    h = Harness(interval=0.1, timeout=0.08)
+    h.prober.start()
+    await h.request()
+    handle = h.prober._tick_handle
+    assert handle is not None
+    slot = handle.when()
+    # The loop is 50 ms late for the next slot (as under load): the judge of
+    # that round must still give replies the whole 80 ms from the send.
+    handle.cancel()
+    await asyncio.sleep(max(0.0, slot + 0.05 - asyncio.get_running_loop().time()))
+    h.prober._tick()
+    sent_at = asyncio.get_running_loop().time()
+    seq = h.prober._seq - 1
+    judge = h.prober._rounds[seq].judge
+    h.prober.stop()
+    assert judge is not None and judge.when() >= sent_at + 0.08 - 1e-3
