@@ -31,7 +31,7 @@ from lab.daemon import WANBALANCED
 from lab.topo import NS, batch
 
 from .contenders import WORK, Contender, Wb, by_name
-from .events import Observer, carrier
+from .events import Observer, reaction
 from .lines import Lines
 from .stats import summary
 
@@ -259,18 +259,14 @@ def storm(obs: Observer, lines: Lines, rates: list[float], n: int, seconds: floa
                 i = k % 2
                 slave = f"wan{i}"
                 k += 1
-                mark = obs.mark()
-                lines.carrier_down(i)
-                lost = obs.wait(carrier(slave, False), mark, 5)
-                taken = obs.wait(lambda e: c.takes_out(e, slave), mark, 5)
+                taken = reaction(obs, lambda: lines.carrier_down(i), slave, False,
+                                 lambda e: c.takes_out(e, slave), 5)
                 time.sleep(rng.uniform(0.02, 0.1))
-                mark2 = obs.mark()
-                lines.carrier_up(i)
-                found = obs.wait(carrier(slave, True), mark2, 5)
-                back = obs.wait(lambda e: c.puts_back(e, slave), mark2, 5)
-                if lost and taken and found and back:
-                    out_ms.append((taken.t - lost.t) * 1e3)
-                    back_ms.append((back.t - found.t) * 1e3)
+                back = reaction(obs, lambda: lines.carrier_up(i), slave, True,
+                                lambda e: c.puts_back(e, slave), 5)
+                if taken is not None and back is not None:
+                    out_ms.append(taken)
+                    back_ms.append(back)
                 else:
                     missed += 1
                 time.sleep(rng.uniform(0.02, 0.1))

@@ -103,3 +103,18 @@ class Observer:
 
 def carrier(name: str, up: bool) -> Predicate:
     return lambda e: e.ev == "carrier" and e.get("if") == name and e.get("up") is up
+
+
+def reaction(obs: Observer, act: Callable[[], None], name: str, up: bool, answer: Predicate,
+             timeout: float) -> float | None:
+    """Run `act`, which sets `name`'s carrier to `up`, then wait for the
+    kernel's carrier event and for the contender's `answer` to it. Returns the
+    milliseconds between the two events, or None if either did not come
+    within `timeout`."""
+    mark = obs.mark()
+    act()
+    seen = obs.wait(carrier(name, up), mark, timeout)
+    answered = obs.wait(answer, mark, timeout)
+    if seen is None or answered is None:
+        return None
+    return (answered.t - seen.t) * 1e3

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from .contenders import Contender, Wb
-from .events import Observer, carrier
+from .events import Observer, reaction
 from .lines import Lines
 from .stats import summary
 
@@ -43,24 +43,20 @@ def one_size(obs: Observer, c: Contender, lines: Lines, n: int, trials: int, rng
         for k in range(trials):
             i = k % n
             slave = f"wan{i}"
-            mark = obs.mark()
-            lines.carrier_down(i)
-            lost = obs.wait(carrier(slave, False), mark, TIMEOUT)
-            out = obs.wait(lambda e: c.takes_out(e, slave), mark, TIMEOUT)
-            if lost is not None and out is not None:
-                out_ms.append((out.t - lost.t) * 1e3)
+            took = reaction(obs, lambda: lines.carrier_down(i), slave, False,
+                            lambda e: c.takes_out(e, slave), TIMEOUT)
+            if took is not None:
+                out_ms.append(took)
             else:
                 missed_out += 1
             # A random pause before the line returns too: without it, the
             # return would fall at a fixed phase of a periodic monitor (just
             # after the tick that took the line out).
             time.sleep(rng.uniform(0.05, 0.25))
-            mark = obs.mark()
-            lines.carrier_up(i)
-            found = obs.wait(carrier(slave, True), mark, TIMEOUT)
-            back = obs.wait(lambda e: c.puts_back(e, slave), mark, TIMEOUT)
-            if found is not None and back is not None:
-                back_ms.append((back.t - found.t) * 1e3)
+            took = reaction(obs, lambda: lines.carrier_up(i), slave, True,
+                            lambda e: c.puts_back(e, slave), TIMEOUT)
+            if took is not None:
+                back_ms.append(took)
             else:
                 missed_back += 1
                 c.wait_ready()
