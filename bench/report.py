@@ -11,11 +11,13 @@ matplotlib is only needed here, on the host (the ``bench`` extra).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,40 +101,48 @@ def meta_block(data: J) -> str:
     return "\n".join(lines)
 
 
+def _size_table(results: J, labels: dict[str, str], text: Callable[[J], str]) -> str:
+    """A table of `results` (contender -> slaves -> result): one row per
+    contender, one column per size, each cell `text(result)` or why there is
+    no result."""
+    sizes = sorted({int(n) for per in results.values() for n in per})
+    rows: list[list[str]] = []
+    for name, per in results.items():
+        row = [f"`{name}` {labels.get(name, '')}"]
+        for n in sizes:
+            cell = per.get(str(n))
+            reason = _skip(cell)
+            if reason is None:
+                assert isinstance(cell, dict)
+            row.append(reason if reason is not None else text(cell))
+        rows.append(row)
+    return _table(["contender"] + [f"{n} slaves" for n in sizes], rows)
+
+
+def _latency_cell(cell: J, direction: str) -> str:
+    st = cell[direction]
+    if st["n"] and st["max"] <= 0:
+        # Read with (or before) the carrier event itself: the change is made
+        # in the kernel's own notifier.
+        text = "0: with the carrier event"
+    else:
+        text = f"{_num(st['p50'])} / {_num(st['p90'])} / {_num(st['p99'])}"
+    missed = cell.get(f"missed_{direction}", 0)
+    if missed:
+        text += f" ({missed} of {cell['trials']} missed)"
+    return text
+
+
 def latency_block(data: J) -> str:
     lat = data.get("latency", {})
     if not lat:
         return "_No latency results in this run._"
     labels = _labels(data)
-    sizes = sorted({int(n) for per in lat.values() for n in per}, key=int)
-    parts: list[str] = []
-    for direction, title in (("out", "Carrier lost → line taken out (ms)"),
-                             ("back", "Carrier back → line put back (ms)")):
-        rows: list[list[str]] = []
-        for name, per in lat.items():
-            row = [f"`{name}` {labels.get(name, '')}"]
-            for n in sizes:
-                cell = per.get(str(n))
-                reason = _skip(cell)
-                if reason is not None:
-                    row.append(reason)
-                    continue
-                assert isinstance(cell, dict)
-                st = cell[direction]
-                missed = cell.get(f"missed_{direction}", 0)
-                if st["n"] and st["max"] <= 0:
-                    # Read with (or before) the carrier event itself: the
-                    # change is made in the kernel's own notifier.
-                    text = "0: with the carrier event"
-                else:
-                    text = f"{_num(st['p50'])} / {_num(st['p90'])} / {_num(st['p99'])}"
-                if missed:
-                    text += f" ({missed} of {cell['trials']} missed)"
-                row.append(text)
-            rows.append(row)
-        parts.append(f"**{title}**, p50 / p90 / p99:\n\n"
-                     + _table(["contender"] + [f"{n} slaves" for n in sizes], rows))
-    return "\n\n".join(parts)
+    return "\n\n".join(
+        f"**{title}**, p50 / p90 / p99:\n\n"
+        + _size_table(lat, labels, functools.partial(_latency_cell, direction=direction))
+        for direction, title in (("out", "Carrier lost → line taken out (ms)"),
+                                 ("back", "Carrier back → line put back (ms)")))
 
 
 def _scenarios(data: J) -> list[str]:
@@ -185,30 +195,21 @@ def loss_block(data: J) -> str:
             f"its half of the stream (median ÷ {rate / 2:g}/s).\n\n" + _table(head, rows))
 
 
+def _idle_cell(cell: J) -> str:
+    cpu = cell["cpu_pct"]
+    return (f"{_num(cpu['p50'])} % [{_num(cpu['min'])}–{_num(cpu['max'])}], "
+            f"{cell['rss_kib'] / 1024:.1f} MiB in {cell['processes']} process(es)")
+
+
 def cost_block(data: J) -> str:
     parts: list[str] = []
     labels = _labels(data)
     idle = data.get("idle", {})
     if idle:
-        sizes = sorted({int(n) for per in idle.values() for n in per})
-        rows = []
-        for name, per in idle.items():
-            row = [f"`{name}` {labels.get(name, '')}"]
-            for n in sizes:
-                cell = per.get(str(n))
-                reason = _skip(cell)
-                if reason is not None:
-                    row.append(reason)
-                    continue
-                assert isinstance(cell, dict)
-                cpu = cell["cpu_pct"]
-                row.append(f"{_num(cpu['p50'])} % [{_num(cpu['min'])}–{_num(cpu['max'])}], "
-                           f"{cell['rss_kib'] / 1024:.1f} MiB in {cell['processes']} process(es)")
-            rows.append(row)
         parts.append("**Idle** (lines up, nothing happening): the share of the guest's one CPU the contender "
                      "takes (median [min–max] over pairs of 1 s windows, contender stopped / running, measured "
                      "with a lowest-priority spinner), and its resident memory:\n\n"
-                     + _table(["contender"] + [f"{n} slaves" for n in sizes], rows))
+                     + _size_table(idle, labels, _idle_cell))
     startup = data.get("startup", {})
     if startup:
         rows = []
