@@ -394,12 +394,7 @@ class E2E:
     def check_journal_detach(self) -> str:
         since = time.monotonic()
         self.lab.far_down(0)
-        e = wait_entry(since, "SLAVE=wan0 EVENT=detach",
-                       lambda e: field(e, "SLAVE") == "wan0" and field(e, "EVENT") == "detach")
-        wait_state("wan0", False)
-        if field(e, "PRIORITY") != "4":
-            raise CheckFailed(f"detach logged with PRIORITY={field(e, 'PRIORITY')}, expected 4:"
-                              f" {brief([e])}")
+        e = self._wan0_logged(since, "detach", attached=False, priority="4", what="detach")
         # The README's filter on one line: only wan0's entries.
         only = journal(since, "SLAVE=wan0")
         others = [x for x in only if field(x, "SLAVE") != "wan0"]
@@ -410,13 +405,19 @@ class E2E:
     def check_journal_reattach(self) -> str:
         since = time.monotonic()
         self.lab.far_up(0)
-        e = wait_entry(since, "SLAVE=wan0 EVENT=attach",
-                       lambda e: field(e, "SLAVE") == "wan0" and field(e, "EVENT") == "attach")
-        wait_state("wan0", True)
-        if field(e, "PRIORITY") != "5":
-            raise CheckFailed(f"re-slave logged with PRIORITY={field(e, 'PRIORITY')}, expected 5:"
-                              f" {brief([e])}")
+        e = self._wan0_logged(since, "attach", attached=True, priority="5", what="re-slave")
         return f"{brief([e])}"
+
+    def _wan0_logged(self, since: float, event: str, *, attached: bool, priority: str, what: str) -> JSON:
+        """wan0's journal entry EVENT=`event` after `since`, once the kernel
+        agrees (attached or not), checked for its PRIORITY."""
+        e = wait_entry(since, f"SLAVE=wan0 EVENT={event}",
+                       lambda e: field(e, "SLAVE") == "wan0" and field(e, "EVENT") == event)
+        wait_state("wan0", attached)
+        if field(e, "PRIORITY") != priority:
+            raise CheckFailed(f"{what} logged with PRIORITY={field(e, 'PRIORITY')}, expected {priority}:"
+                              f" {brief([e])}")
+        return e
 
     def check_probes_sandboxed(self) -> str:
         # ICMP probes need a raw socket (CAP_NET_RAW) under the unit's sandbox.
