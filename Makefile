@@ -45,9 +45,17 @@ typecheck: deps
 unit: deps
 	$(BIN)/python -m pytest -q tests/unit
 
-# The lab suite runs inside one User-Mode Linux guest (see lab/uml.py).
+# The lab suite runs inside one User-Mode Linux guest (see lab/uml.py), once
+# on each kernel it must pass on (lab/kernel.py): the newest Debian offers and,
+# where it boots on this host, the packaged one; WB_LAB_KERNEL forces one.
 lab: deps
-	$(BIN)/python -m lab.uml -- $(BIN)/python -m pytest -v -p no:cacheprovider tests/lab
+	@kernels=$$($(BIN)/python -m lab.kernel --proof) || exit 1; failed=""; \
+	for k in $$kernels; do \
+	  echo "== lab suite on the $$k kernel"; \
+	  $(BIN)/python -m lab.uml --kernel $$k --timeout 1800 -- \
+	    $(BIN)/python -m pytest -v -p no:cacheprovider tests/lab || failed="$$failed $$k"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "lab suite failed on:$$failed"; exit 1; fi
 
 # The systemd unit end to end (tests/e2e/): the README's "Install with systemd"
 # in a Debian 12 booted with real systemd in User-Mode Linux (see lab/systemd/).

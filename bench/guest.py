@@ -207,6 +207,7 @@ def meta(settings: Settings) -> dict[str, Any]:
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "guest_kernel": platform.release(),
+        "guest_kernel_origin": os.environ.get("WB_LAB_KERNEL_ORIGIN", ""),
         "python": platform.python_version(),
         "wanbalanced": __version__,
         "commit": commit or "unknown",

@@ -83,7 +83,8 @@ def meta_block(data: J) -> str:
     failed = data.get("progress", {}).get("failed", {})
     lines = [
         f"Run of {m.get('started', '?')} (last result {m.get('updated', '?')}), commit `{m.get('commit', '?')}`, "
-        f"wanbalanced {m.get('wanbalanced', '?')}, guest kernel {m.get('guest_kernel', '?')} (UML, one CPU), "
+        f"wanbalanced {m.get('wanbalanced', '?')}, guest kernel {m.get('guest_kernel', '?')} (UML, one CPU"
+        + (f"; {m['guest_kernel_origin']}" if m.get("guest_kernel_origin") else "") + "), "
         f"Python {m.get('python', '?')}, {m.get('ifplugd', '?')}, {m.get('teamd', '?')}.",
         "",
         f"Settings: {s.get('latency_trials')} latency trials per size at {s.get('sizes')} slaves; "

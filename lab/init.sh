@@ -79,7 +79,7 @@ ip link set lo up 2>/dev/null || log "lo up failed"
 # /lib/modules so they do not clash with the host's).  Paths in modules.dep
 # are relative to this directory ("kernel/net/sched/sch_teql.ko: deps...").
 kver="$(uname -r)"
-mroot="/usr/lib/uml/modules/$kver"
+mroot="${WB_MODULES_DIR:-/usr/lib/uml/modules/$kver}"
 if [ ! -f "$mroot/modules.dep" ]; then
     for d in /usr/lib/uml/modules/*/; do
         [ -f "${d}modules.dep" ] && mroot="${d%/}" && break

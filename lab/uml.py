@@ -1,9 +1,11 @@
 """Host side of the lab: run a shell command inside a User-Mode Linux guest.
 
-The guest is Debian's ``user-mode-linux`` kernel (``/usr/bin/linux.uml``),
-booted with the host's own filesystem as its root (hostfs) and
-``lab/init.sh`` as PID 1.  Unlike the host kernel, it can load ``sch_teql``,
-``veth`` and ``sch_netem`` from ``/usr/lib/uml/modules/<version>/kernel``.
+The guest is a User-Mode Linux kernel chosen by ``lab/kernel.py`` (Debian's
+packaged ``user-mode-linux`` where it boots on this host, else the newest one
+Debian offers, unpacked under ``.lab/kernels``), booted with the host's own
+filesystem as its root (hostfs) and ``lab/init.sh`` as PID 1.  Unlike the
+host kernel, it can load ``sch_teql``, ``veth`` and ``sch_netem`` from its
+modules directory, which it is told on its command line (``WB_MODULES_DIR``).
 
 Inside the guest ``/tmp``, ``/run`` and ``/dev/shm`` are fresh tmpfs mounts;
 everything else is the host's filesystem, shared read-write.  The checkout
@@ -13,8 +15,8 @@ so the working directory must be inside the repo or outside those mounts
 
 Usage from the shell::
 
-    python -m lab.uml [--max-equalizers N] [--timeout S] [--mem M] \\
-        [--cwd DIR] [--env KEY=VALUE]... -- COMMAND...
+    python -m lab.uml [--kernel SPEC] [--max-equalizers N] [--timeout S] \\
+        [--mem M] [--cwd DIR] [--env KEY=VALUE]... -- COMMAND...
 
 exits with the job's exit code (125 if the guest did not report one).
 
@@ -24,7 +26,6 @@ Only the standard library is used here, so this module runs with any Python.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import queue
 import shlex
@@ -39,14 +40,14 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import IO
 
+from lab import kernel as lab_kernel
+
 __all__ = [
     "NO_RC",
     "REPO",
     "lab_available",
     "main",
-    "modules_dir",
     "run_in_guest",
-    "uml_binary",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,13 +57,6 @@ JOBS_DIR = REPO / ".lab"
 #: Exit code reported when the guest produced no rc (crash, timeout, ...).
 NO_RC = 125
 
-UML_CANDIDATES = ("linux.uml", "/usr/bin/linux.uml")
-MODULES_GLOB = "/usr/lib/uml/modules/*/"
-REQUIRED_MODULES = (
-    "kernel/net/sched/sch_teql.ko",
-    "kernel/drivers/net/veth.ko",
-    "kernel/net/sched/sch_netem.ko",
-)
 SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin"
 
 # Printed by the job script around the user's command; console lines outside
@@ -74,64 +68,16 @@ END_MARK = "@@wanbalanced-lab: job end@@"
 _GUEST_PRIVATE = ("/tmp", "/run", "/proc", "/sys", "/dev")
 
 
-def uml_binary() -> str | None:
-    """Path of the UML kernel binary, or None."""
-    for cand in UML_CANDIDATES:
-        found = shutil.which(cand)
-        if found:
-            return found
-    return None
+def lab_available(spec: str | None = None) -> str | None:
+    """None if the lab can run here, else a human-readable reason why not.
 
-
-def _uml_version(binary: str) -> str | None:
-    try:
-        out = subprocess.run(
-            [binary, "--version"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    words = out.stdout.split()
-    return words[0] if out.returncode == 0 and words else None
-
-
-def modules_dir() -> Path | None:
-    """The UML kernel's modules directory (``.../modules/<version>``).
-
-    Found by globbing ``/usr/lib/uml/modules/*/``; if there are several, the
-    one matching ``linux.uml --version`` wins.
+    Selecting the kernel may boot it once (about a second) or fetch the
+    newest one (see ``lab/kernel.py``); both are remembered under ``.lab/``.
     """
-    dirs = sorted(Path(d) for d in glob.glob(MODULES_GLOB))
-    dirs = [d for d in dirs if (d / REQUIRED_MODULES[0]).is_file()]
-    if not dirs:
-        return None
-    if len(dirs) > 1:
-        binary = uml_binary()
-        version = _uml_version(binary) if binary else None
-        for d in dirs:
-            if d.name == version:
-                return d
-    return dirs[-1]
-
-
-def lab_available() -> str | None:
-    """None if the lab can run here, else a human-readable reason why not."""
-    binary = uml_binary()
-    if binary is None:
-        return "linux.uml not found (install Debian package user-mode-linux)"
-    mdir = modules_dir()
-    if mdir is None:
-        return (
-            f"no UML modules directory with sch_teql.ko matches {MODULES_GLOB}"
-            " (install Debian package user-mode-linux)"
-        )
-    missing = [m for m in REQUIRED_MODULES if not (mdir / m).is_file()]
-    if missing:
-        return f"UML modules missing in {mdir}: {', '.join(missing)}"
+    try:
+        lab_kernel.select(spec)
+    except lab_kernel.NoKernel as exc:
+        return str(exc)
     if shutil.which("insmod", path=SBIN_PATH) is None:
         return "insmod not found (install Debian package kmod)"
     if not INIT.is_file():
@@ -255,6 +201,7 @@ def run_in_guest(
     max_equalizers: int = 2,
     timeout: float = 600.0,
     stream: bool = True,
+    kernel: str | None = None,
 ) -> int:
     """Boot the lab guest once, run ``command`` (a shell command line) in
     ``cwd`` with ``env`` exported, and return its exit code.
@@ -262,13 +209,20 @@ def run_in_guest(
     The guest console is streamed to our stdout (only what the job prints,
     plus ``lab-init:`` diagnostics).  Returns ``NO_RC`` (125) if the guest
     did not report an exit code, e.g. on timeout, after which the UML
-    process tree is killed.  ``WB_IN_LAB=1`` is always exported.
+    process tree is killed.  ``WB_IN_LAB=1`` is always exported, and so are
+    ``WB_LAB_KERNEL_RELEASE`` and ``WB_LAB_KERNEL_ORIGIN``.  ``kernel`` is a
+    ``lab/kernel.py`` spec (default: ``$WB_LAB_KERNEL`` or ``auto``).
     """
-    reason = lab_available()
+    reason = lab_available(kernel)
     if reason is not None:
         raise RuntimeError(f"lab not available: {reason}")
-    binary = uml_binary()
-    assert binary is not None
+    chosen = lab_kernel.select(kernel).kernel
+    binary = chosen.binary
+    env = {
+        "WB_LAB_KERNEL_RELEASE": chosen.release,
+        "WB_LAB_KERNEL_ORIGIN": chosen.origin,
+        **dict(env or {}),
+    }
     cwd = os.path.abspath(cwd)
     _check_shared(cwd, "cwd")
     _check_shared(str(JOBS_DIR), "job directory")
@@ -280,7 +234,7 @@ def run_in_guest(
     try:
         job = jobdir / "job.sh"
         (jobdir / "command.sh").write_text(command + "\n")
-        job.write_text(_job_script(cwd, dict(env or {})))
+        job.write_text(_job_script(cwd, env))
         rcfile = jobdir / "rc"
         argv = [
             binary,
@@ -296,6 +250,7 @@ def run_in_guest(
             f"WB_JOB={job}",
             f"WB_MAX_EQUALIZERS={max_equalizers}",
             f"WB_KEEP={os.path.realpath(REPO)}",
+            f"WB_MODULES_DIR={chosen.modules}",
         ]
         tail: list[str] = []
         proc = subprocess.Popen(
@@ -359,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
             " as one command; a single word is taken as a shell command line."
         ),
     )
+    parser.add_argument(
+        "--kernel",
+        default=None,
+        metavar="SPEC",
+        help="auto, packaged, newest or a linux.uml path (default: $WB_LAB_KERNEL or auto)",
+    )
     parser.add_argument("--max-equalizers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--mem", default="1G")
@@ -374,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command, env = command_line(parser, list(args.command), list(args.env))
-    reason = lab_available()
+    reason = lab_available(args.kernel)
     if reason is not None:
         print(f"lab not available: {reason}", file=sys.stderr)
         return NO_RC
@@ -387,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             max_equalizers=int(args.max_equalizers),
             timeout=float(args.timeout),
             stream=not args.quiet,
+            kernel=args.kernel,
         )
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"lab: {exc}", file=sys.stderr)

@@ -43,7 +43,8 @@ from typing import Any
 
 from lab.systemd import driver
 from lab.systemd.rootfs import new_run_root, remove_run_root
-from lab.uml import NO_RC, follow, kill_tree, uml_binary
+from lab import kernel as lab_kernel
+from lab.uml import NO_RC, follow, kill_tree
 
 __all__ = ["GuestRun", "Mount", "run_job"]
 
@@ -186,9 +187,10 @@ def run_job(
     job writes to ``$WB_RESULTS``.  The job's lines are passed to ``echo``
     (default: print) as they come if ``stream``.
     """
-    binary = uml_binary()
-    if binary is None:
-        raise RuntimeError("linux.uml not found (install Debian package user-mode-linux)")
+    try:
+        binary = lab_kernel.select().kernel.binary
+    except lab_kernel.NoKernel as exc:
+        raise RuntimeError(str(exc)) from exc
     say = echo or (lambda line: print(line, flush=True))
     results.mkdir(parents=True, exist_ok=True)
     for name in ("rc", "boot.json", "output.log", "journal.txt", "console.log"):

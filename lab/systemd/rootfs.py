@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lab.uml import lab_available, modules_dir
+from lab import kernel as lab_kernel
+from lab.uml import lab_available
 
 __all__ = [
     "BUILD_VERSION",
@@ -104,24 +105,17 @@ def unavailable() -> str | None:
     return None
 
 
-def _uml_version() -> tuple[str, str]:
-    """(kernel release of the UML modules, Debian version of user-mode-linux)."""
-    mdir = modules_dir()
-    if mdir is None:
-        raise RuntimeError("no UML modules directory (install user-mode-linux)")
-    try:
-        pkg = subprocess.run(
-            ["dpkg-query", "-W", "-f", "${Version}", "user-mode-linux"],
-            capture_output=True, text=True, check=False,
-        ).stdout.strip()
-    except OSError:
-        pkg = ""
-    return mdir.name, pkg
+def _uml_version() -> tuple[str, str, Path]:
+    """(kernel release, where the kernel comes from, its modules directory)
+    of the kernel the lab selected (``lab/kernel.py``): the root's
+    ``/lib/modules`` must match the kernel that boots it."""
+    chosen = lab_kernel.select().kernel
+    return chosen.release, chosen.origin, Path(chosen.modules)
 
 
 def root_key() -> str:
     """The cache key of the root: what it would be built from, hashed."""
-    release, pkg = _uml_version()
+    release, pkg, _ = _uml_version()
     recipe = {
         "build_version": BUILD_VERSION,
         "suite": SUITE,
@@ -183,9 +177,7 @@ def _run(argv: list[str], log: Log) -> None:
 
 
 def _build_root(tmp: Path, log: Log) -> None:
-    release, pkg = _uml_version()
-    mdir = modules_dir()
-    assert mdir is not None
+    release, pkg, mdir = _uml_version()
     _run(
         [
             "mmdebstrap",

@@ -25,6 +25,15 @@ IN_LAB = os.path.isdir("/sys/module/sch_teql") or os.environ.get("WB_IN_LAB") ==
 SKIP_REASON = "needs the UML lab (real sch_teql): run `make test`, which boots it"
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """The guest's kernel, first in the output: the suite must pass on more
+    than one (docs/lab.md, "Which kernel")."""
+    if not IN_LAB:
+        return None
+    origin = os.environ.get("WB_LAB_KERNEL_ORIGIN", "unknown origin")
+    return f"lab kernel: {os.uname().release} ({origin}), modules {os.environ.get('WB_MODULES_DIR', '?')}"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
