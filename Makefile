@@ -64,7 +64,7 @@ lab: deps
 e2e: deps
 	@dpkg -s mmdebstrap >/dev/null 2>&1 || { echo "installing Debian packages: mmdebstrap"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap; }
-	$(BIN)/python -m pytest -v -p no:cacheprovider tests/e2e
+	WB_LAB_REQUIRED=1 $(BIN)/python -m pytest -v -p no:cacheprovider tests/e2e
 
 test: typecheck unit lab e2e
 

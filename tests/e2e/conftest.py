@@ -57,6 +57,17 @@ class E2ERun:
 TIMINGS = pytest.StashKey[dict[str, Any]]()
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """The kernel the guest boots, first in the output (lab/kernel.py)."""
+    if os.environ.get("WB_IN_LAB") == "1":
+        return None
+    from lab import kernel as lab_kernel
+    try:
+        return "lab " + lab_kernel.select(log=lambda _line: None).line().removeprefix("lab: ")
+    except lab_kernel.NoKernel as exc:
+        return str(exc)
+
+
 def skip_reason() -> str | None:
     if os.environ.get("WB_IN_LAB") == "1":
         return "inside the UML lab guest: run `make e2e` on the host"
@@ -70,6 +81,9 @@ def skip_reason() -> str | None:
 def e2e(request: pytest.FixtureRequest) -> Iterator[E2ERun]:
     reason = skip_reason()
     if reason is not None:
+        # `make e2e` (and so CI) must not pass by skipping.
+        if os.environ.get("WB_LAB_REQUIRED") == "1":
+            pytest.fail(reason)
         pytest.skip(reason)
     if sys.version_info[:2] != GUEST_PYTHON:
         pytest.fail(f"the wheelhouse is made with this Python ({platform.python_version()}),"
