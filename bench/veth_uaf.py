@@ -66,14 +66,25 @@ def _counters() -> dict[str, int]:
             "wan1_tx": read("wan1", "tx_packets"), "teql0_tx": read("teql0", "tx_packets")}
 
 
-def guest(cycles: int) -> int:
-    from lab.topo import FAR_ADDR, Lab, reset_teql
+MODES = {
+    "teql": "through teql0, line 0 cut and restored",
+    "teql-nocut": "through teql0, no cut (control)",
+    "direct": "straight over wan0, no teql0, line 0 cut and restored (control)",
+}
+
+
+def guest(cycles: int, mode: str = "teql") -> int:
+    from lab.topo import FAR_ADDR, Lab, ip, reset_teql
 
     reset_teql(1)
     lab = Lab()
     lab.teardown()
     lab.setup(2, up=True)
-    lab.teql_by_hand()
+    if mode == "direct":
+        ip("addr", "add", "10.0.0.0/31", "dev", "wan0")
+        ip("route", "replace", "default", "dev", "wan0")
+    else:
+        lab.teql_by_hand()
     kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     os.lseek(kmsg, 0, os.SEEK_END)
     flood = subprocess.Popen([sys.executable, "-c",
@@ -84,10 +95,13 @@ def guest(cycles: int) -> int:
         time.sleep(0.5)
         before = _counters()
         for done in range(1, cycles + 1):
-            lab.far_down(0)
-            time.sleep(0.02)
-            lab.far_up(0)
-            time.sleep(0.03)
+            if mode == "teql-nocut":
+                time.sleep(0.1)
+            else:
+                lab.far_down(0)
+                time.sleep(0.02)
+                lab.far_up(0)
+                time.sleep(0.03)
             warnings += _kernel_warnings(kmsg)
             if done % 10 == 0 or warnings:
                 print(f"cycle {done}: {len(warnings)} kernel warning(s)", flush=True)
@@ -102,20 +116,20 @@ def guest(cycles: int) -> int:
     first = warnings[0] if warnings else ""
     # Each veth drop on wan0 while TEQL sends is a NET_XMIT_DROP returned to
     # teql_master_xmit: with the 6.1 code, the freed skb goes to the next slave.
-    print(f"{RESULT} kernel {os.uname().release}: {done} carrier cuts under a UDP flood; "
+    print(f"{RESULT} kernel {os.uname().release}, {MODES[mode]}: {done} cycles under a UDP flood; "
           f"teql0 sent {delta['teql0_tx']}, wan0 {delta['wan0_tx']} + wan1 {delta['wan1_tx']}, "
           f"veth drops on wan0 (NET_XMIT_DROP to TEQL) {delta['wan0_dropped']}; "
           f"{len(warnings)} use-after-free warning(s){': ' + first if first else ''}", flush=True)
     return 0
 
 
-def host(cycles: int, kernels: list[str]) -> int:
+def host(cycles: int, kernels: list[str], mode: str = "teql") -> int:
     from lab.uml import NO_RC, REPO, run_in_guest
 
     summary: list[str] = []
     for spec in kernels:
         lines: list[str] = []
-        rc = run_in_guest(f"{sys.executable} -m bench.veth_uaf guest --cycles {cycles} | tee .lab/veth-uaf.out",
+        rc = run_in_guest(f"{sys.executable} -m bench.veth_uaf guest --mode {mode} --cycles {cycles} | tee .lab/veth-uaf.out",
                           cwd=str(REPO), timeout=60 + cycles * 2.0, kernel=spec)
         try:
             lines = (REPO / ".lab" / "veth-uaf.out").read_text().splitlines()
@@ -124,7 +138,7 @@ def host(cycles: int, kernels: list[str]) -> int:
         result = next((ln for ln in lines if ln.startswith(RESULT)), None)
         if result is None:
             last = next((ln for ln in reversed(lines) if ln.startswith("cycle")), "before the first 10 cycles")
-            result = f"{RESULT} kernel ({spec}): the guest died (rc {rc}{', no rc' if rc == NO_RC else ''}), {last}"
+            result = f"{RESULT} kernel ({spec}), {MODES[mode]}: the guest died (rc {rc}{', no rc' if rc == NO_RC else ''}), {last}"
         summary.append(f"{spec}: {result[len(RESULT):].strip()}")
     print("\n".join(summary))
     return 0
@@ -135,10 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("side", nargs="?", choices=("host", "guest"), default="host")
     parser.add_argument("--cycles", type=int, default=500)
     parser.add_argument("--kernel", action="append", default=[], metavar="SPEC")
+    parser.add_argument("--mode", choices=sorted(MODES), default="teql")
     args = parser.parse_args(argv)
     if args.side == "guest":
-        return guest(args.cycles)
-    return host(args.cycles, args.kernel or ["packaged", "newest"])
+        return guest(args.cycles, args.mode)
+    return host(args.cycles, args.kernel or ["packaged", "newest"], args.mode)
 
 
 if __name__ == "__main__":
