@@ -528,7 +528,8 @@ def boot_check(kernel: Kernel, *, cache: Path = KERNELS_DIR / "boot-checks.json"
 
 
 @contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def locked(directory: Path) -> Iterator[None]:
+    """Hold ``directory/lock`` exclusively (other lab processes wait)."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "lock", "a+") as fd:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -613,7 +614,7 @@ def _patchelf(tools: Path, downloads: Path, log: Log) -> str:
 def provision_newest(*, base: Path = KERNELS_DIR, log: Log = _say) -> Kernel:
     """The newest Debian user-mode-linux, unpacked under ``base`` (cached:
     once there it is reused without asking the registry again)."""
-    with _locked(base):
+    with locked(base):
         stamp = base / "newest.json"
         try:
             known = json.loads(stamp.read_text())

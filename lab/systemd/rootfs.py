@@ -25,7 +25,6 @@ Only the standard library is used here.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -34,8 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from lab import kernel as lab_kernel
@@ -127,17 +125,6 @@ def root_key() -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-@contextmanager
-def _locked(cache: Path) -> Iterator[None]:
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / "lock", "a+") as fd:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-
 def _mounts_under(path: Path) -> list[str]:
     """Mount points at or below ``path``, deepest first."""
     top = os.path.realpath(path)
@@ -226,7 +213,7 @@ def ensure_root(*, rebuild: bool = False, log: Log = _log) -> Path:
         raise RuntimeError("building the guest root needs root (mmdebstrap, chroot)")
     cache = cache_dir()
     final = cache / f"rootfs-{root_key()}"
-    with _locked(cache):
+    with lab_kernel.locked(cache):
         _remove_stale_builds(cache, log)
         if final.is_dir() and (final / STAMP).is_file() and not rebuild:
             return final
@@ -265,7 +252,7 @@ def ensure_wheelhouse(
     cache = cache_dir()
     key = hashlib.sha256((script + "\0" + key_extra).encode()).hexdigest()[:16]
     final = cache / f"wheelhouse-{key}"
-    with _locked(cache):
+    with lab_kernel.locked(cache):
         _remove_stale_builds(cache, log)
         if final.is_dir() and (final / STAMP).is_file():
             return final
@@ -337,7 +324,7 @@ def new_run_root(root: Path, *, log: Log = _log) -> Path:
     """
     runs = root.parent / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    with _locked(root.parent):
+    with lab_kernel.locked(root.parent):
         _remove_stale_runs(runs, log)
         run = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
         (run / "pid").write_text(str(os.getpid()))
