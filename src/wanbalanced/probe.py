@@ -15,6 +15,16 @@ socket on the device sees every echo reply, so each `Prober` has its own
 identifier and ignores replies that are not answers to its outstanding
 requests. One reader callback and a few timers per slave: no threads.
 
+Replies cannot be forged by anyone who does not see the requests, nor
+replayed: the identifier and the first sequence number are random, and each
+echo carries a fresh random nonce that its reply must bring back. The
+payload holds nothing else (no clock: send times stay in the prober). A
+classic BPF filter on the socket passes only echo replies with the prober's
+identifier, so a flood of foreign replies is dropped in the kernel and never
+wakes the daemon or fills the socket's queue ahead of a true reply. Of what
+passes, identifier, sequence and source are compared before the payload, and
+the checksum is computed last.
+
 Probers with the same interval keep their rounds on one grid of the loop's
 clock (multiples of the interval), so that the event loop sends every
 slave's round, and judges every round that times out, in one wake-up rather
@@ -24,29 +34,34 @@ at once; only missing replies wait for the timeout.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
 import functools
-import itertools
+import hmac
 import math
-import os
+import secrets
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import NamedTuple
 
-__all__ = ["ProbeSettings", "Prober", "RoundResult", "build_echo", "open_socket", "parse_echo_reply"]
+__all__ = ["EchoReply", "ProbeSettings", "Prober", "RoundResult", "attach_filter", "build_echo", "checksum_ok",
+           "echo_reply_filter", "open_socket", "parse_echo_reply"]
 
 ICMP_ECHOREPLY, ICMP_ECHO = 0, 8
 MAGIC = b"wanb"  # marks our payloads in a capture
+NONCE_SIZE = 16  # random bytes per echo: a forger must guess 128 bits
 SOL_RAW, ICMP_FILTER = 255, 1  # linux/icmp.h: a mask of the ICMP types the socket drops
+SO_ATTACH_FILTER = 26  # asm-generic/socket.h (socket has no constant for it)
 _READ_BATCH = 64  # packets per wake-up, so a flood cannot starve the loop
-_RECV_SIZE = 1500  # anything longer is not one of our replies (truncation fails its checksum)
-_STAMP = struct.Struct("!d")  # the payload's send time, for a capture
+_RECV_SIZE = 1500  # anything longer is not one of our replies (truncation fails its nonce)
 _SLOT_SLACK = 0.005  # a round sent this late still shares its slot's judge time
-_idents = itertools.count()
+_live_idents: set[int] = set()  # identifiers of this process's live probers
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,7 @@ class _Round:
     seq: int
     sent_at: float
     pending: dict[str, float] = field(default_factory=dict)  # target -> clock() at its sendto
+    payloads: dict[str, bytes] = field(default_factory=dict) # target -> its echo's payload (magic + nonce)
     rtts: dict[str, float] = field(default_factory=dict)     # answered in time
     sent: list[str] = field(default_factory=list)
     error: str | None = None
@@ -140,9 +156,20 @@ def build_echo(ident: int, seq: int, payload: bytes) -> bytes:
                        seq & 0xFFFF) + payload
 
 
-def parse_echo_reply(packet: bytes) -> tuple[str, int, int] | None:
-    """(source address, identifier, sequence) of a valid ICMP echo reply in an
-    IPv4 packet, as a raw socket receives it; None for anything else."""
+class EchoReply(NamedTuple):
+    """An ICMP echo reply as parsed by `parse_echo_reply`: its checksum is not
+    verified yet (see `checksum_ok`)."""
+
+    source: str      # the IPv4 source address
+    ident: int
+    seq: int
+    message: bytes   # the whole ICMP message; the payload is message[8:]
+
+
+def parse_echo_reply(packet: bytes) -> EchoReply | None:
+    """The ICMP echo reply in an IPv4 packet, as a raw socket receives it; None
+    for anything else. The checksum is left to the caller, to compute only for
+    a reply that matches an outstanding request (a cheap reject first)."""
     if len(packet) < 20 or packet[0] >> 4 != 4:
         return None
     ihl = (packet[0] & 0x0F) * 4
@@ -151,17 +178,69 @@ def parse_echo_reply(packet: bytes) -> tuple[str, int, int] | None:
     if ihl < 20 or proto != socket.IPPROTO_ICMP or frag & 0x3FFF or not ihl + 8 <= total <= len(packet):
         return None
     icmp = packet[ihl:total]
-    if icmp[0] != ICMP_ECHOREPLY or icmp[1] != 0 or _checksum(icmp) != 0:
+    if icmp[0] != ICMP_ECHOREPLY or icmp[1] != 0:
         return None
     ident, seq = struct.unpack_from("!HH", icmp, 4)
-    return socket.inet_ntoa(packet[12:16]), ident, seq
+    return EchoReply(socket.inet_ntoa(packet[12:16]), ident, seq, icmp)
+
+
+def checksum_ok(message: bytes) -> bool:
+    """True if the ICMP message carries a valid Internet checksum."""
+    return _checksum(message) == 0
+
+
+# -- the kernel's filter ---------------------------------------------------------
+
+# Classic BPF (linux/filter.h, linux/bpf_common.h): an instruction is
+# struct sock_filter { __u16 code; __u8 jt; __u8 jf; __u32 k; }, with code the
+# OR of a class, a size, a mode or an operation, and a source. Jumps skip jt
+# (true) or jf (false) instructions after the next one. A raw IPv4 socket's
+# filter sees the packet from its IP header on, and returns the number of
+# bytes to keep: 0 drops the packet before it is queued on the socket.
+_BPF_LD, _BPF_LDX, _BPF_JMP, _BPF_RET = 0x00, 0x01, 0x05, 0x06  # classes
+_BPF_H, _BPF_B = 0x08, 0x10                                     # sizes: half word, byte
+_BPF_IND, _BPF_MSH = 0x40, 0xA0                                 # modes: P[X + k], 4 * (P[k] & 0xf)
+_BPF_JEQ, _BPF_K = 0x10, 0x00                                   # jump if A == k; k is the operand
+_SOCK_FILTER = struct.Struct("=HBBI")
+
+
+def echo_reply_filter(ident: int) -> bytes:
+    """The classic BPF program that accepts only ICMP echo replies (type 0,
+    code 0) with identifier `ident`, as an array of struct sock_filter."""
+    program = [
+        # X = the IP header's length: 4 * IHL, from the low nibble of byte 0.
+        (_BPF_LDX | _BPF_B | _BPF_MSH, 0, 0, 0),
+        # A = the ICMP type and code (the half word at X); echo reply is 0, 0.
+        (_BPF_LD | _BPF_H | _BPF_IND, 0, 0, 0),
+        (_BPF_JMP | _BPF_JEQ | _BPF_K, 0, 3, ICMP_ECHOREPLY << 8),  # else drop
+        # A = the echo identifier (the half word at X + 4).
+        (_BPF_LD | _BPF_H | _BPF_IND, 0, 0, 4),
+        (_BPF_JMP | _BPF_JEQ | _BPF_K, 0, 1, ident & 0xFFFF),       # else drop
+        (_BPF_RET | _BPF_K, 0, 0, 0xFFFFFFFF),  # accept the whole packet
+        (_BPF_RET | _BPF_K, 0, 0, 0),           # drop
+    ]
+    # A load past the packet's end makes the program return 0: a short packet is dropped.
+    return b"".join(_SOCK_FILTER.pack(*insn) for insn in program)
+
+
+def attach_filter(sock: socket.socket, program: bytes) -> None:
+    """Attach a classic BPF program (an array of struct sock_filter) to the
+    socket (SO_ATTACH_FILTER). Raises OSError if the kernel refuses it."""
+    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }, in
+    # the native layout; array's buffer_info() gives the instructions' address
+    # (the kernel copies them during the call, which `code` outlives).
+    code = array.array("B", program)
+    address, _ = code.buffer_info()
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    struct.pack("@HP", len(program) // _SOCK_FILTER.size, address))
 
 
 # -- the socket ----------------------------------------------------------------
 
 
-def open_socket(slave: str, source: str | None = None) -> socket.socket:
-    """A raw ICMP socket bound to `slave` (and to `source`, if given).
+def open_socket(slave: str, ident: int, source: str | None = None) -> socket.socket:
+    """A raw ICMP socket bound to `slave` (and to `source`, if given) that
+    receives only echo replies with identifier `ident`.
 
     Raises OSError naming the slave and what failed."""
     try:
@@ -170,6 +249,9 @@ def open_socket(slave: str, source: str | None = None) -> socket.socket:
         hint = " (needs CAP_NET_RAW)" if e.errno in (errno.EPERM, errno.EACCES) else ""
         raise OSError(e.errno, f"{slave}: cannot open a raw ICMP socket: {e.strerror}{hint}") from e
     try:
+        # The filter first, so that the socket's queue holds almost nothing foreign.
+        step = "attach its BPF filter"
+        attach_filter(sock, echo_reply_filter(ident))
         step = f"bind to device {slave}"
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, slave.encode())
         if source is not None:
@@ -188,9 +270,15 @@ def open_socket(slave: str, source: str | None = None) -> socket.socket:
 
 
 def _new_ident() -> int:
-    # Unique among this process's probers (XOR with a constant is a bijection on
-    # 16 bits); the pid in the high byte keeps other processes' probers apart too.
-    return ((os.getpid() << 8) ^ next(_idents)) & 0xFFFF
+    """A random identifier that no live prober of this process has: one that
+    is guessed or shared only lets replies through the BPF filter, where the
+    nonce still rejects them."""
+    if len(_live_idents) > 0x8000:
+        raise RuntimeError("too many probers in one process")
+    while (ident := secrets.randbits(16)) in _live_idents:
+        pass
+    _live_idents.add(ident)
+    return ident
 
 
 class Prober:
@@ -212,13 +300,16 @@ class Prober:
         self.on_round = on_round
         self.clock = time.monotonic  # the event loop's clock: it also places rounds on the grid
         self.ident = _new_ident()
+        weakref.finalize(self, _live_idents.discard, self.ident)
         self.sent: dict[str, int] = dict.fromkeys(settings.targets, 0)
         self.lost: dict[str, int] = dict.fromkeys(settings.targets, 0)
         self.ignored = 0
-        self._sock_factory = sock_factory or functools.partial(open_socket, slave, settings.source)
+        self._sock_factory = sock_factory or functools.partial(open_socket, slave, self.ident, settings.source)
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._seq = 0  # kept across stop/start, so a late reply to an old round cannot match a new one
+        # Random at first, then kept across stop/start: a late reply to an old
+        # round cannot match a new one (its nonce would not either).
+        self._seq = secrets.randbits(16)
         self._rounds: dict[int, _Round] = {}  # outstanding, oldest first
         self._slot = 0  # the next round is due at self._slot * interval on the loop's clock
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -286,10 +377,13 @@ class Prober:
         assert self._sock is not None and self._loop is not None
         seq, self._seq = self._seq, (self._seq + 1) & 0xFFFF
         rnd = _Round(seq, now)
-        packet = build_echo(self.ident, seq, MAGIC + _STAMP.pack(now))
-        for target in self.settings.targets:
+        targets = self.settings.targets
+        nonces = secrets.token_bytes(NONCE_SIZE * len(targets))  # one system call per round
+        for i, target in enumerate(targets):
+            payload = MAGIC + nonces[i * NONCE_SIZE:(i + 1) * NONCE_SIZE]
+            rnd.payloads[target] = payload
             try:
-                self._sock.sendto(packet, (target, 0))
+                self._sock.sendto(build_echo(self.ident, seq, payload), (target, 0))
             except OSError as e:  # the round still waits for its timeout, so verdicts keep their pace
                 rnd.error = rnd.error or f"sendto {target}: {e.strerror or e}"
                 continue
@@ -355,16 +449,19 @@ class Prober:
 
     def _reply(self, packet: bytes, now: float) -> None:
         parsed = parse_echo_reply(packet)
-        if parsed is None:
+        # Cheapest checks first: identifier, sequence, source; then the nonce; the checksum last.
+        rnd = self._rounds.get(parsed.seq) if parsed is not None and parsed.ident == self.ident else None
+        if parsed is None or rnd is None or parsed.source not in rnd.pending:
+            self.ignored += 1  # not ours, not a target of that round, late, or a duplicate
+            return
+        # The nonce proves the reply answers this very echo: not a forgery, not
+        # a replay of a reply to an earlier round with the same sequence number.
+        if not hmac.compare_digest(parsed.message[8:], rnd.payloads[parsed.source]) \
+                or not checksum_ok(parsed.message):
             self.ignored += 1
             return
-        source, ident, seq = parsed
-        rnd = self._rounds.get(seq) if ident == self.ident else None
-        sent = rnd.pending.pop(source, None) if rnd is not None else None
-        if rnd is None or sent is None:  # not ours, not a target of that round, late, or a duplicate
-            self.ignored += 1
-            return
-        rtt = now - sent
+        source, seq = parsed.source, parsed.seq
+        rtt = now - rnd.pending.pop(source)
         if self.settings.max_rtt is None or rtt <= self.settings.max_rtt:
             rnd.rtts[source] = rtt  # else it answered too slowly: lost, and a duplicate stays ignored
         if rnd.complete and next(iter(self._rounds)) == seq:

@@ -3,8 +3,9 @@ asyncio loop with a fake socket (no privileges needed).
 
 The fake is one end of an AF_UNIX datagram pair: each request the prober
 sends reaches the test, prefixed with its target's address, and the test
-writes back whole IPv4 packets as a raw socket would receive them. Real raw
-sockets need CAP_NET_RAW and network namespaces, so they are not tested here.
+writes back whole IPv4 packets as a raw socket would receive them. The BPF
+filter of the real raw socket is tested at the end, in a network namespace of
+its own (needs root, else skipped).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 import pytest
 
-from wanbalanced.probe import ProbeSettings, Prober, RoundResult, build_echo, next_grid_point, parse_echo_reply
+import wanbalanced.probe as probe
+from wanbalanced.probe import (MAGIC, NONCE_SIZE, ProbeSettings, Prober, RoundResult, build_echo, checksum_ok,
+                               next_grid_point, open_socket, parse_echo_reply)
 
 T1, T2 = "192.0.2.1", "198.51.100.1"
 LOCAL = "10.0.0.0"
@@ -79,12 +82,20 @@ def test_build_echo_wraps_identifier_and_sequence() -> None:
 
 
 def test_parse_echo_reply() -> None:
-    assert parse_echo_reply(reply(T1, 0xBEEF, 7)) == (T1, 0xBEEF, 7)
+    assert parse_echo_reply(reply(T1, 0xBEEF, 7, b"pay")) == (T1, 0xBEEF, 7, icmp(0, 0, 0xBEEF, 7, b"pay"))
     # The ICMP header starts after IHL words, not at a fixed 20 bytes.
     with_options = ipv4(T2, LOCAL, icmp(0, 0, 1, 2, b"p"), options=b"\x01\x01\x01\x00")
-    assert parse_echo_reply(with_options) == (T2, 1, 2)
+    assert parse_echo_reply(with_options) == (T2, 1, 2, icmp(0, 0, 1, 2, b"p"))
     # Bytes past the IP total length are not part of the ICMP message.
-    assert parse_echo_reply(reply(T1, 1, 2) + b"\0\0") == (T1, 1, 2)
+    assert parse_echo_reply(reply(T1, 1, 2) + b"\0\0") == (T1, 1, 2, icmp(0, 0, 1, 2, b"x"))
+
+
+def test_checksum_is_left_to_the_caller() -> None:
+    # parse_echo_reply does not checksum (the prober does, last); checksum_ok does.
+    good, bad = icmp(0, 0, 1, 2, b"payload"), icmp(0, 0, 1, 2, b"payload", bad_checksum=True)
+    parsed = parse_echo_reply(ipv4(T1, LOCAL, bad))
+    assert parsed is not None and parsed.message == bad
+    assert checksum_ok(good) and not checksum_ok(bad)
 
 
 GOOD = reply(T1, 1, 2, b"payload")
@@ -101,7 +112,6 @@ BAD_PACKETS = {
     "echo request": ipv4(T1, LOCAL, icmp(8, 0, 1, 2)),
     "unreachable": ipv4(T1, LOCAL, icmp(3, 1, 1, 2) + GOOD[:28]),
     "code not 0": ipv4(T1, LOCAL, icmp(0, 1, 1, 2)),
-    "bad checksum": ipv4(T1, LOCAL, icmp(0, 0, 1, 2, b"payload", bad_checksum=True)),
 }
 
 
@@ -159,6 +169,7 @@ class Harness:
         self.fake: FakeRaw | None = None
         self.peer: socket.socket | None = None
         self.prober = Prober("wan0", self.settings, self.results.put_nowait, sock_factory=self._factory)
+        self.first = self.prober._seq  # the first round's (random) sequence number
 
     def _factory(self) -> socket.socket:
         ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -177,12 +188,12 @@ class Harness:
         return socket.inet_ntoa(data[:4]), ident, seq, message
 
     def answer(self, request: tuple[str, int, int, bytes], *, src: str | None = None, ident: int | None = None,
-               seq: int | None = None) -> None:
+               seq: int | None = None, payload: bytes | None = None) -> None:
         """Reply as the target would (echoing the payload), or with one field changed."""
         target, rid, rseq, message = request
         assert self.peer is not None
         self.peer.send(reply(src or target, rid if ident is None else ident, rseq if seq is None else seq,
-                             message[8:]))
+                             message[8:] if payload is None else payload))
 
     async def result(self) -> RoundResult:
         return await asyncio.wait_for(self.results.get(), WAIT)
@@ -200,11 +211,11 @@ async def test_answered_round_is_ok() -> None:
     h.prober.start()
     assert h.prober.running
     req = await h.request()
-    assert req[:3] == (T1, h.prober.ident, 0) and req[3][8:12] == b"wanb"
+    assert req[:3] == (T1, h.prober.ident, h.first) and req[3][8:12] == b"wanb"
     h.answer(req)
     result = await h.result()
     h.prober.stop()
-    assert result.slave == "wan0" and result.seq == 0 and result.ok and result.error is None
+    assert result.slave == "wan0" and result.seq == h.first and result.ok and result.error is None
     assert set(result.rtts) == {T1} and result.rtts[T1] >= 0 and result.lost == ()
     assert h.prober.sent == {T1: 1} and h.prober.lost == {T1: 0} and h.prober.ignored == 0
 
@@ -229,12 +240,12 @@ async def test_late_reply_is_ignored() -> None:
     h.answer(req)  # round 0 was already judged
     await until(lambda: h.prober.ignored == 1)
     second_req = await h.request()
-    assert second_req[2] == 1
+    assert second_req[2] == (h.first + 1) & 0xFFFF
     h.answer(req)  # still round 0's sequence: must not count for round 1
     await until(lambda: h.prober.ignored == 2)
     second = await h.result()
     h.prober.stop()
-    assert not first.ok and not second.ok and second.seq == 1 and second.lost == (T1,)
+    assert not first.ok and not second.ok and second.seq == second_req[2] and second.lost == (T1,)
 
 
 @run_async
@@ -290,7 +301,7 @@ async def test_min_targets(min_targets: int, ok: bool) -> None:
     h = Harness(T1, T2, timeout=0.2, min_targets=min_targets)
     h.prober.start()
     requests = {r[0]: r for r in [await h.request(), await h.request()]}
-    assert set(requests) == {T1, T2} and {r[2] for r in requests.values()} == {0}
+    assert set(requests) == {T1, T2} and {r[2] for r in requests.values()} == {h.first}
     h.answer(requests[T2])
     result = await h.result()
     h.prober.stop()
@@ -359,7 +370,7 @@ async def test_stop_from_the_callback() -> None:
     h.prober.start()
     await until(lambda: bool(seen))
     await asyncio.sleep(0.1)
-    assert [r.seq for r in seen] == [0] and not h.prober.running
+    assert [r.seq for r in seen] == [h.first] and not h.prober.running
 
 
 @run_async
@@ -372,7 +383,7 @@ async def test_restart_keeps_sequence() -> None:
     h.prober.start()
     req = await h.request()
     h.prober.stop()
-    assert req[2] == 1  # a late reply to the old round 0 cannot answer the new one
+    assert req[2] == (h.first + 1) & 0xFFFF  # a late reply to the old round cannot answer the new one
 
 
 @run_async
@@ -389,8 +400,30 @@ async def test_sendto_error_fails_the_round() -> None:
 @run_async
 async def test_probers_have_distinct_identifiers() -> None:
     settings = ProbeSettings((T1,), 0.1, 0.1)
-    idents = {Prober(f"wan{i}", settings, lambda r: None).ident for i in range(300)}
+    probers = [Prober(f"wan{i}", settings, lambda r: None) for i in range(300)]
+    idents = {p.ident for p in probers}
     assert len(idents) == 300 and all(0 <= i <= 0xFFFF for i in idents)
+
+
+def test_identifiers_and_first_sequences_are_random() -> None:
+    # Neither is derived from the pid or a counter, nor does every prober
+    # start at sequence 0: an off-path forger has 32 bits to guess before the
+    # nonce. (With random values, 64 probers sharing one high byte of the
+    # identifier, or one first sequence, happens with probability ~2^-500.)
+    settings = ProbeSettings((T1,), 0.1, 0.1)
+    probers = [Prober(f"wan{i}", settings, lambda r: None) for i in range(64)]
+    assert len({p.ident >> 8 for p in probers}) > 1
+    assert len({p.ident & 0xFF for p in probers}) > 1
+    assert len({p._seq for p in probers}) > 1
+
+
+def test_a_dead_probers_identifier_can_be_reused() -> None:
+    settings = ProbeSettings((T1,), 0.1, 0.1)
+    prober = Prober("wan0", settings, lambda r: None)
+    ident = prober.ident
+    assert ident in probe._live_idents
+    del prober
+    assert ident not in probe._live_idents
 
 
 @run_async
@@ -434,14 +467,14 @@ async def test_rounds_are_judged_in_order_when_a_later_one_completes_first() -> 
     h = Harness(interval=0.05, timeout=30.0)
     h.prober.start()
     first, second = await h.request(), await h.request()
-    assert (first[2], second[2]) == (0, 1)
+    assert (first[2], second[2]) == (h.first, (h.first + 1) & 0xFFFF)
     h.answer(second)
     await asyncio.sleep(0.02)
-    assert h.results.empty()  # round 1 is complete, but round 0 is still outstanding
+    assert h.results.empty()  # the second round is complete, but the first is still outstanding
     h.answer(first)
     results = [await h.result(), await h.result()]
     h.prober.stop()
-    assert [r.seq for r in results] == [0, 1] and all(r.ok for r in results)
+    assert [r.seq for r in results] == [first[2], second[2]] and all(r.ok for r in results)
 
 
 @pytest.mark.parametrize("interval", [0.01, 0.1, 0.3, 1.0, 2.5])
@@ -503,3 +536,182 @@ async def test_a_round_sent_late_keeps_its_whole_timeout() -> None:
     judge = h.prober._rounds[seq].judge
     h.prober.stop()
     assert judge is not None and judge.when() >= sent_at + 0.08 - 1e-3
+
+
+# -- nonces: forged and replayed replies ------------------------------------------
+
+
+@run_async
+async def test_payload_is_a_fresh_nonce_without_clock() -> None:
+    h = Harness(T1, T2, interval=0.01, timeout=0.005)
+    readings: list[float] = []
+    loop_time = asyncio.get_running_loop().time
+
+    def clock() -> float:  # the loop's clock, with every reading kept to look for
+        readings.append(loop_time())
+        return readings[-1]
+
+    h.prober.clock = clock
+    h.prober.start()
+    requests = [await h.request() for _ in range(6)]  # three rounds, two targets
+    h.prober.stop()
+    payloads = [r[3][8:] for r in requests]
+    assert all(len(p) == len(MAGIC) + NONCE_SIZE and p.startswith(MAGIC) for p in payloads)
+    assert len(set(payloads)) == 6  # per echo: per target and per round
+    assert readings
+    for p in payloads:
+        for t in readings:
+            for stamp in (struct.pack("!d", t), struct.pack("=d", t), struct.pack("!f", t), struct.pack("!Q", int(t))):
+                assert stamp not in p
+
+
+@run_async
+async def test_reply_with_the_wrong_nonce_is_ignored() -> None:
+    h = Harness(timeout=0.3)
+    h.prober.start()
+    req = await h.request()
+    nonce = req[3][8:]
+    forged = [
+        MAGIC + bytes(NONCE_SIZE),                     # right id, seq, source; guessed nonce
+        nonce[:-1] + bytes([nonce[-1] ^ 1]),           # one bit off
+        nonce[:-1],                                    # truncated
+        nonce + b"\0",                                 # padded
+        b"",
+    ]
+    for payload in forged:
+        h.answer(req, payload=payload)
+    await until(lambda: h.prober.ignored == len(forged))
+    assert h.results.empty()
+    h.answer(req)  # the true reply still counts
+    result = await h.result()
+    h.prober.stop()
+    assert result.ok and set(result.rtts) == {T1} and h.prober.ignored == len(forged)
+
+
+@run_async
+async def test_wrong_nonce_only_is_lost() -> None:
+    h = Harness()
+    h.prober.start()
+    req = await h.request()
+    h.answer(req, payload=MAGIC + bytes(NONCE_SIZE))
+    result = await h.result()
+    h.prober.stop()
+    assert not result.ok and result.lost == (T1,) and h.prober.ignored == 1
+
+
+@run_async
+async def test_replayed_reply_is_ignored_when_its_sequence_comes_round_again() -> None:
+    # A recorded reply to round s, replayed when the 16-bit sequence has
+    # wrapped back to s (2^16 rounds later; here the counter is set back).
+    h = Harness(interval=10.0, timeout=0.05)
+    h.prober.start()
+    old = await h.request()
+    h.answer(old)
+    assert (await h.result()).ok
+    h.prober.stop()
+    h.prober._seq = old[2]
+    h.prober.start()
+    new = await h.request()
+    assert new[2] == old[2] and new[3][8:] != old[3][8:]
+    h.answer(old)  # the recording: same identifier, sequence and source, old nonce
+    result = await h.result()
+    h.prober.stop()
+    assert not result.ok and result.lost == (T1,) and h.prober.ignored == 1
+
+
+@run_async
+async def test_checksum_is_computed_only_for_a_reply_that_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(T1, T2, timeout=0.3)
+    h.prober.start()
+    req = await h.request()
+    await h.request()
+    calls: list[bytes] = []
+    real = probe._checksum
+
+    def counting(data: bytes) -> int:
+        calls.append(data)
+        return real(data)
+
+    monkeypatch.setattr(probe, "_checksum", counting)
+    h.answer(req, ident=req[1] ^ 1)
+    h.answer(req, seq=(req[2] + 7) & 0xFFFF)
+    h.answer(req, src="203.0.113.9")
+    h.answer(req, payload=MAGIC + bytes(NONCE_SIZE))
+    await until(lambda: h.prober.ignored == 4)
+    assert calls == []  # rejected on identifier, sequence, source or nonce: no checksum
+    h.answer(req)
+    await until(lambda: len(calls) == 1)
+    h.prober.stop()
+    assert calls == [icmp(0, 0, req[1], req[2], req[3][8:])]
+
+
+# -- the BPF filter on a real raw socket -------------------------------------------
+
+CLONE_NEWNET = 0x40000000
+
+
+def _in_new_netns(body: Callable[[], Any]) -> Any:
+    """Run `body` in a thread moved to a fresh network namespace (a network
+    namespace is per thread), with lo up; return its result or raise its error."""
+    import ctypes
+    import threading
+
+    from pyroute2 import IPRoute
+
+    out: dict[str, Any] = {}
+
+    def thread() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+            with IPRoute() as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            out["result"] = body()
+        except BaseException as e:  # noqa: BLE001 - handed to the test's thread
+            out["error"] = e
+
+    t = threading.Thread(target=thread)
+    t.start()
+    t.join(WAIT * 5)
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: raw sockets and a network namespace")
+def test_bpf_filter_passes_only_our_echo_replies() -> None:
+    ident = 0x5A17
+
+    def body() -> list[bytes]:
+        receiver = open_socket("lo", ident)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL
+        try:
+            local = "127.0.0.1"
+            packets = [
+                ipv4(local, local, icmp(0, 0, ident ^ 1, 1, b"foreign")),
+                ipv4(local, local, icmp(0, 0, ident ^ 0x8000, 2, b"foreign")),
+                ipv4(local, local, icmp(0, 0, ident ^ 0x0100, 3, b"foreign")),
+                ipv4(local, local, icmp(0, 1, ident, 4, b"code 1")),  # ICMP_FILTER passes it, BPF must not
+                ipv4(local, local, icmp(0, 0, ident, 5, b"ours")),
+                # IP options move the ICMP header: the filter reads it at 4 * IHL.
+                ipv4(local, local, icmp(0, 0, ident, 6, b"ours, options"), options=b"\x01\x01\x01\x00"),
+                ipv4(local, local, icmp(0, 0, 0xFFFF - ident, 7, b"foreign")),
+            ] + [ipv4(local, local, icmp(0, 0, (ident + 1 + i) & 0xFFFF, 100 + i, b"flood")) for i in range(200)] \
+              + [ipv4(local, local, icmp(0, 0, ident, 8, b"ours, after the flood"))]
+            for packet in packets:
+                sender.sendto(packet, (local, 0))
+            receiver.settimeout(0.2)
+            got = []
+            while True:
+                try:
+                    got.append(receiver.recv(2048))
+                except (TimeoutError, socket.timeout):
+                    return got
+        finally:
+            receiver.close()
+            sender.close()
+
+    # (type, code, identifier, sequence) of each packet delivered, read at 4 * IHL.
+    got = [struct.unpack_from("!BBxxHH", p, (p[0] & 0x0F) * 4) for p in _in_new_netns(body)]
+    assert got == [(0, 0, ident, 5), (0, 0, ident, 6), (0, 0, ident, 8)]
