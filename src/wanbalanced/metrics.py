@@ -140,29 +140,30 @@ class RttHistograms(Collector):
     prometheus-client's Histogram takes a lock three times per observation,
     and CPython 3.11 reads the clock on every lock acquisition: a system call
     where there is no vDSO (UML: 55 µs each), and a thousand observations a
-    second at 64 probed slaves. Here an observation is a bisect and two list
-    updates; a scrape copies each series' list in one step (atomic under the
-    GIL), so its buckets, count and sum always agree."""
+    second at 64 probed slaves. Here each observation builds the series' new
+    counts as one tuple and publishes it with a single dict store (atomic
+    under the GIL): a scrape sees each series either before or after an
+    observation, never in between, so its buckets, count and sum agree."""
 
     NAME = "wanbalanced_probe_rtt_seconds"
 
     def __init__(self, buckets: tuple[float, ...] = PROBE_RTT_BUCKETS) -> None:
         self.buckets = buckets
-        # (slave, target) -> [count per bucket (not cumulative)..., count above the last, sum]
-        self._series: dict[tuple[str, str], list[float]] = {}
+        # (slave, target) -> (count per bucket (not cumulative)..., count above the last, sum);
+        # a value is never changed, only replaced.
+        self._series: dict[tuple[str, str], tuple[float, ...]] = {}
+        self._zero: tuple[float, ...] = (0,) * (len(buckets) + 2)
 
     def observe(self, slave: str, target: str, seconds: float) -> None:
-        data = self._series.get((slave, target))
-        if data is None:
-            data = self._series[(slave, target)] = [0] * (len(self.buckets) + 2)
-        data[bisect_left(self.buckets, seconds)] += 1  # le: a value equal to a bound counts in its bucket
-        data[-1] += seconds
+        key = (slave, target)
+        old = self._series.get(key, self._zero)
+        i = bisect_left(self.buckets, seconds)  # le: a value equal to a bound counts in its bucket
+        self._series[key] = (*old[:i], old[i] + 1, *old[i + 1:-1], old[-1] + seconds)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.NAME, "Round-trip time of ICMP echo probes through the slave",
                                        labels=["slave", "target"])
-        for (slave, target), live in list(self._series.items()):
-            data = live[:]
+        for (slave, target), data in list(self._series.items()):
             total, buckets = 0.0, []
             for bound, count in zip((*self.buckets, float("inf")), data[:-1]):
                 total += count
