@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, start_http_server
@@ -159,6 +159,11 @@ class RttHistograms(Collector):
         old = self._series.get(key, self._zero)
         i = bisect_left(self.buckets, seconds)  # le: a value equal to a bound counts in its bucket
         self._series[key] = (*old[:i], old[i] + 1, *old[i + 1:-1], old[-1] + seconds)
+
+    def keep(self, series: Collection[tuple[str, str]]) -> None:
+        """Drop every (slave, target) not in `series` (after a reload)."""
+        # A new dict, swapped in: a scrape iterating the old one is not disturbed.
+        self._series = {key: data for key, data in self._series.items() if key in series}
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.NAME, "Round-trip time of ICMP echo probes through the slave",
