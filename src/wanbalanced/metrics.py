@@ -1,8 +1,9 @@
 """Prometheus metrics, read from the published `Status`; never from netlink.
 
-prometheus-client serves scrapes from its own thread. The collector only reads
-the immutable Status the event loop last published (one reference, replaced
-atomically), so the two threads share nothing mutable.
+Scrapes are answered by the endpoint's own thread (endpoint.py). The collector
+only reads the immutable Status the event loop last published (one reference,
+replaced atomically), and the RTT histograms publish immutable tuples, so the
+two threads share nothing mutable.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .endpoint import Exposition, MetricsServer
 from .status import STATES, Status
 
 log = logging.getLogger(__name__)
@@ -192,17 +193,21 @@ class Metrics:
         )
         self.probe_rtt = RttHistograms()
         self.registry.register(self.probe_rtt)
-        self._server: Any = None
+        self.exposition = Exposition(self.registry, current)
+        self._server: MetricsServer | None = None
 
     def serve(self, listen: str) -> None:
-        """Start the endpoint on "host:port" or "[v6]:port"; "" disables it."""
+        """Start the endpoint on "host:port" or "[v6]:port"; "" disables it.
+        Raises OSError if the address cannot be bound."""
         if not listen:
             return
         host, _, port = listen.rpartition(":")
-        self._server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        server = MetricsServer(self.exposition)
+        server.start(host.strip("[]"), int(port))
+        self._server = server
         log.info("metrics on http://%s/metrics", listen)
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            self._server.close()
             self._server = None
