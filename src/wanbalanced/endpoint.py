@@ -40,7 +40,7 @@ REQUEST_TIMEOUT = 5.0
 SEND_TIMEOUT = 10.0
 MAX_REQUEST = 8192  # bytes of request head; a scraper sends about 200
 MIN_RENDER_INTERVAL = 0.5
-BACKLOG = 16
+BACKLOG = 64  # waiting connections cost the kernel memory, not the daemon descriptors
 
 
 class Exposition:
@@ -97,9 +97,10 @@ class _Conn:
 
     def drop(self) -> None:
         if self.writer is not None:
-            self.writer.transport.abort()  # no lingering: the descriptor is freed now
-        else:
-            self.sock.close()
+            self.writer.transport.abort()  # unregisters the socket from the loop at once
+        # ...but closes it only on a later loop iteration: close it now, so the
+        # descriptor is free before the next accept.
+        self.sock.close()
         if self.task is not None:
             self.task.cancel()
 
@@ -193,6 +194,9 @@ class MetricsServer:
             conn = _Conn(sock)
             self._conns[conn] = None
             conn.task = asyncio.create_task(self._serve(conn))
+            # sock_accept does not yield while connections are pending: let
+            # the connections' tasks run between two accepts.
+            await asyncio.sleep(0)
 
     def _forget(self, conn: _Conn) -> None:
         self._conns.pop(conn, None)
@@ -224,6 +228,7 @@ class MetricsServer:
                     await writer.drain()
             finally:
                 writer.transport.abort()
+                conn.sock.close()
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, OSError):
             pass  # a client that is too slow or goes away gets nothing more
         except asyncio.CancelledError:
