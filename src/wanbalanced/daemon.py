@@ -27,7 +27,7 @@ from .metrics import Metrics
 from .netlink import Kernel, KernelError, apply_event, expect
 from .notify import Notifier
 from .observed import Snapshot
-from .probing import ProbeManager
+from .probing import ProbeManager, probed_series
 from .report import Reporter
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,12 @@ class Daemon:
         set_level(self.log_level or new.daemon.log_level)
         for action in cleanup:
             await self._execute(action, None)
-        await self.reconcile(None)
+        await self.reconcile(None)  # also stops the probers of removed slaves and targets
+        # Series of slaves and targets no longer in the file go, rather than
+        # being exported frozen forever.
+        kept = probed_series(self.core)
+        self.probes.keep(kept)
+        self.metrics.probe_rtt.keep(kept)
         self.counters.reload_successful, self.counters.reload_success_time = True, time.time()
         before = {s for eq in old.equalizers.values() for s in eq.slaves}
         after = {s for eq in new.equalizers.values() for s in eq.slaves}

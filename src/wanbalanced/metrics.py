@@ -1,22 +1,23 @@
 """Prometheus metrics, read from the published `Status`; never from netlink.
 
-prometheus-client serves scrapes from its own thread. The collector only reads
-the immutable Status the event loop last published (one reference, replaced
-atomically), so the two threads share nothing mutable.
+Scrapes are answered by the endpoint's own thread (endpoint.py). The collector
+only reads the immutable Status the event loop last published (one reference,
+replaced atomically), and the RTT histograms publish immutable tuples, so the
+two threads share nothing mutable.
 """
 
 from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Collection, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .endpoint import Exposition, MetricsServer
 from .status import STATES, Status
 
 log = logging.getLogger(__name__)
@@ -140,29 +141,35 @@ class RttHistograms(Collector):
     prometheus-client's Histogram takes a lock three times per observation,
     and CPython 3.11 reads the clock on every lock acquisition: a system call
     where there is no vDSO (UML: 55 µs each), and a thousand observations a
-    second at 64 probed slaves. Here an observation is a bisect and two list
-    updates; a scrape copies each series' list in one step (atomic under the
-    GIL), so its buckets, count and sum always agree."""
+    second at 64 probed slaves. Here each observation builds the series' new
+    counts as one tuple and publishes it with a single dict store (atomic
+    under the GIL): a scrape sees each series either before or after an
+    observation, never in between, so its buckets, count and sum agree."""
 
     NAME = "wanbalanced_probe_rtt_seconds"
 
     def __init__(self, buckets: tuple[float, ...] = PROBE_RTT_BUCKETS) -> None:
         self.buckets = buckets
-        # (slave, target) -> [count per bucket (not cumulative)..., count above the last, sum]
-        self._series: dict[tuple[str, str], list[float]] = {}
+        # (slave, target) -> (count per bucket (not cumulative)..., count above the last, sum);
+        # a value is never changed, only replaced.
+        self._series: dict[tuple[str, str], tuple[float, ...]] = {}
+        self._zero: tuple[float, ...] = (0,) * (len(buckets) + 2)
 
     def observe(self, slave: str, target: str, seconds: float) -> None:
-        data = self._series.get((slave, target))
-        if data is None:
-            data = self._series[(slave, target)] = [0] * (len(self.buckets) + 2)
-        data[bisect_left(self.buckets, seconds)] += 1  # le: a value equal to a bound counts in its bucket
-        data[-1] += seconds
+        key = (slave, target)
+        old = self._series.get(key, self._zero)
+        i = bisect_left(self.buckets, seconds)  # le: a value equal to a bound counts in its bucket
+        self._series[key] = (*old[:i], old[i] + 1, *old[i + 1:-1], old[-1] + seconds)
+
+    def keep(self, series: Collection[tuple[str, str]]) -> None:
+        """Drop every (slave, target) not in `series` (after a reload)."""
+        # A new dict, swapped in: a scrape iterating the old one is not disturbed.
+        self._series = {key: data for key, data in self._series.items() if key in series}
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.NAME, "Round-trip time of ICMP echo probes through the slave",
                                        labels=["slave", "target"])
-        for (slave, target), live in list(self._series.items()):
-            data = live[:]
+        for (slave, target), data in list(self._series.items()):
             total, buckets = 0.0, []
             for bound, count in zip((*self.buckets, float("inf")), data[:-1]):
                 total += count
@@ -186,17 +193,21 @@ class Metrics:
         )
         self.probe_rtt = RttHistograms()
         self.registry.register(self.probe_rtt)
-        self._server: Any = None
+        self.exposition = Exposition(self.registry, current)
+        self._server: MetricsServer | None = None
 
     def serve(self, listen: str) -> None:
-        """Start the endpoint on "host:port" or "[v6]:port"; "" disables it."""
+        """Start the endpoint on "host:port" or "[v6]:port"; "" disables it.
+        Raises OSError if the address cannot be bound."""
         if not listen:
             return
         host, _, port = listen.rpartition(":")
-        self._server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        server = MetricsServer(self.exposition)
+        server.start(host.strip("[]"), int(port))
+        self._server = server
         log.info("metrics on http://%s/metrics", listen)
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            self._server.close()
             self._server = None

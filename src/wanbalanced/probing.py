@@ -9,7 +9,7 @@ verdict is handed to the daemon loop through `on_flip`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from .config import ProbeConfig
@@ -26,6 +26,13 @@ class TargetCount:
     sent: int = 0
     lost: int = 0
     last_rtt: float | None = None
+
+
+def probed_series(core: Core) -> set[tuple[str, str]]:
+    """Every (slave, target) the configuration probes: the probe series that
+    may be exported. (A slave not probed right now keeps its series.)"""
+    return {(name, str(target)) for name, book in core.slaves.items() if book.settings.probe is not None
+            for target in book.settings.probe.targets}
 
 
 class ProbeManager:
@@ -80,6 +87,10 @@ class ProbeManager:
     def stop_all(self) -> None:
         for name in list(self._running):
             self._stop(name)
+
+    def keep(self, series: Collection[tuple[str, str]]) -> None:
+        """Forget the counts of every (slave, target) not in `series`."""
+        self.counts = {key: count for key, count in self.counts.items() if key in series}
 
     def _round(self, result: RoundResult) -> None:
         for target, rtt in result.rtts.items():

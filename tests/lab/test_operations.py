@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -124,4 +127,60 @@ def test_second_daemon_refuses_to_start(lab: Lab, wb: Wanbalanced) -> None:
                             capture_output=True, text=True, timeout=10)
     assert second.returncode == 1
     assert "another wanbalanced answers on /run/wanbalanced/control.sock" in second.stderr
+    assert wb.proc is not None and wb.proc.poll() is None
+
+
+def daemon_fds(wb: Wanbalanced) -> int:
+    assert wb.proc is not None
+    return len(os.listdir(f"/proc/{wb.proc.pid}/fd"))
+
+
+def detach_ms(wb: Wanbalanced, slave: str) -> float:
+    m = wb.wait_log(rf"WARNING {slave}: tc qdisc del dev {slave} root teql0 \(carrier lost.*; ([\d.]+) ms after the event")
+    return float(m.group(1))
+
+
+def test_idle_metrics_connections_neither_exhaust_descriptors_nor_delay_a_failover(lab: Lab, wb: Wanbalanced) -> None:
+    wb.start()
+    scrape()
+    base = daemon_fds(wb)
+    # The usual failover, for comparison: wan1's carrier lost, nothing else going on.
+    lab.far_down(1)
+    lab.wait_until(lambda: not lab.attached("wan1"), 3, what="wan1 detached")
+    usual = detach_ms(wb, "wan1")
+    lab.far_up(1)
+    lab.wait_until(lambda: lab.attached("wan1"), 3, what="wan1 back")
+
+    # 1,000 connections opened and held, never sending a byte (this process
+    # needs the descriptors; the daemon keeps the limit it started with).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    held: list[socket.socket] = []
+    peak = base
+    try:
+        for i in range(1000):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", 9783))  # past the listen backlog it just waits in SYN_SENT
+            held.append(s)
+            if i % 50 == 0:
+                peak = max(peak, daemon_fds(wb))
+        time.sleep(0.5)
+        peak = max(peak, daemon_fds(wb))
+        text = scrape()  # a normal scrape gets through while they are held
+        assert sample(text, "wanbalanced_slave_attached", equalizer="teql0", slave="wan0") == 1
+        lab.far_down(0)
+        lab.wait_until(lambda: not lab.attached("wan0"), 3, what="wan0 detached")
+        took = detach_ms(wb, "wan0")
+        peak = max(peak, daemon_fds(wb))
+        print(f"detach: {usual:.1f} ms alone, {took:.1f} ms with 1000 connections held; "
+              f"daemon fds {base} before, at most {peak} meanwhile")
+        assert peak <= base + 8 + 1, f"the daemon's descriptors grew from {base} to {peak}"
+        assert took < max(20.0, 5 * usual), f"detach took {took:.1f} ms (alone: {usual:.1f} ms)"
+        assert sample(scrape(), "wanbalanced_slave_attached", equalizer="teql0", slave="wan0") == 0
+        assert lab.attached("wan1") and lab.ping(5, interval=0.02) == 5
+    finally:
+        for s in held:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert wb.proc is not None and wb.proc.poll() is None

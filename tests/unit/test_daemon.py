@@ -228,3 +228,71 @@ async def test_a_config_that_cannot_be_applied_is_not_half_applied(
     assert d.config is before and kernel.executed == executed
     assert d.status is not None and not d.status.reload_successful
     assert await stop(task) == 0
+
+
+PROBED_CONFIG = DAEMON_CONFIG + """
+[slaves.wan0.probe]
+targets = ["192.0.2.1", "192.0.2.2"]
+up_after = 1
+
+[slaves.wan1.probe]
+targets = ["192.0.2.1"]
+up_after = 1
+"""
+
+
+class FakeProber:
+    """Stands in for probe.Prober (no raw socket): the test hands out rounds."""
+
+    running: dict[str, FakeProber] = {}
+
+    def __init__(self, slave: str, settings: Any, on_round: Callable[[Any], None]) -> None:
+        self.slave, self.settings, self.on_round = slave, settings, on_round
+
+    def start(self) -> None:
+        FakeProber.running[self.slave] = self
+
+    def stop(self) -> None:
+        FakeProber.running.pop(self.slave, None)
+
+    def answer(self, rtt: float) -> None:
+        from wanbalanced.probe import RoundResult
+        self.on_round(RoundResult(self.slave, 0, 0.0, {t: rtt for t in self.settings.targets}, (), True))
+
+
+def probe_lines(d: Daemon) -> list[str]:
+    from prometheus_client import generate_latest
+    return [line for line in generate_latest(d.metrics.registry).decode().splitlines()
+            if line.startswith("wanbalanced_probe_")]
+
+
+@run_async
+async def test_reload_prunes_the_series_of_removed_slaves_and_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wanbalanced import probing
+    monkeypatch.setattr(probing, "Prober", FakeProber)
+    FakeProber.running = {}
+    path = tmp_path / "config.toml"
+    path.write_text(PROBED_CONFIG)
+    kernel = FakeKernel(fresh())
+    d = Daemon(config(PROBED_CONFIG), kernel, config_path=str(path))  # type: ignore[arg-type]
+    task = asyncio.create_task(d.run())
+    await until(lambda: set(FakeProber.running) == {"wan0", "wan1"})
+    FakeProber.running["wan0"].answer(0.001)
+    FakeProber.running["wan1"].answer(0.002)
+    await until(lambda: d.status is not None and len(d.status.probes) == 3)
+    before = probe_lines(d)
+    for series in ('slave="wan0",target="192.0.2.2"', 'slave="wan1",target="192.0.2.1"'):
+        assert any(series in line and line.startswith("wanbalanced_probe_sent_total") for line in before)
+        assert any(series in line and line.startswith("wanbalanced_probe_rtt_seconds_count") for line in before)
+
+    # wan1 leaves the file; wan0 stops probing 192.0.2.2.
+    path.write_text(PROBED_CONFIG.replace('"wan0", "wan1"', '"wan0"').split("[slaves.wan1.probe]")[0]
+                    .replace('targets = ["192.0.2.1", "192.0.2.2"]', 'targets = ["192.0.2.1"]'))
+    assert await d.reload()
+    after = probe_lines(d)
+    assert [line for line in after if "wan1" in line or "192.0.2.2" in line] == []
+    kept = 'wanbalanced_probe_rtt_seconds_count{slave="wan0",target="192.0.2.1"} 1.0'
+    assert kept in after and 'wanbalanced_probe_sent_total{slave="wan0",target="192.0.2.1"} 1.0' in after
+    assert await stop(task) == 0
