@@ -17,6 +17,9 @@ DEFAULT_SOCKET = "/run/wanbalanced/control.sock"
 
 # Exit statuses of `plan`, as documented.
 PLAN_CONVERGED, PLAN_ERROR, PLAN_PENDING = 0, 1, 2
+# Exit statuses of `status` beside 0, as LSB init scripts use them: not
+# running, and running but its status not known yet.
+STATUS_NO_DAEMON, STATUS_STARTING = 3, 4
 
 
 def _load(path: str, secure: bool = False) -> Config | None:
@@ -103,7 +106,7 @@ def _ago(seconds: float) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from .status import ControlError, query
+    from .status import ControlError, query, starting
 
     path = args.socket
     if path is None:
@@ -119,10 +122,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         answer = query(path)
     except ControlError as e:
         print(f"wanbalanced status: {e}", file=sys.stderr)
-        return 3  # as `systemctl status` does for a unit that is not running
+        return STATUS_NO_DAEMON  # as `systemctl status` does for a unit that is not running
     if args.json:
         print(json.dumps(answer, indent=2))
-        return 0
+        return STATUS_STARTING if starting(answer) else 0
+    if starting(answer):
+        print(f"wanbalanced status: the daemon (pid {answer.get('pid')}) is starting: no status yet",
+              file=sys.stderr)
+        return STATUS_STARTING
     now = time.time()
     rows = [("EQUALIZER", "SLAVE", "STATE", "CARRIER", "ATTACHED", "SINCE", "DETACHES", "LAST REASON")]
     for s in answer["slaves"]:

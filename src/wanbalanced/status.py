@@ -137,29 +137,45 @@ class ControlError(Exception):
     """No daemon answers, or it answered nonsense."""
 
 
+class NoDaemon(ControlError):
+    """Nothing listens on the control socket (absent, or a stale file)."""
+
+
 class AlreadyRunning(Exception):
     """Another daemon answers on the control socket."""
 
 
-async def serve(path: str, current: Any) -> asyncio.AbstractServer:
-    """Answer `status` on a unix socket with `current()` as JSON.
+#: The answer before the first status is published (the daemon is starting).
+STARTING = "starting"
 
-    Refuses to take the socket over from a daemon that still answers on it: two
-    daemons would fight over the same equalizer.
+
+async def serve(path: str, current: Any) -> asyncio.AbstractServer:
+    """Answer `status` on a unix socket with `current()` as JSON, or with
+    `{"state": "starting"}` while `current()` is still None.
+
+    Refuses to take the socket over from a daemon that still listens on it:
+    two daemons would fight over the same equalizer.
     """
     p = Path(path)
-    if p.exists():
-        with contextlib.suppress(ControlError):
+    if p.exists() or p.is_symlink():
+        try:
             await asyncio.wait_for(asyncio.to_thread(query, path, 1.0), 2.0)
+        except NoDaemon:
+            p.unlink()  # a stale socket: its daemon is gone
+        except (ControlError, asyncio.TimeoutError) as e:
+            # It accepted the connection: someone is there, whatever it said.
+            raise AlreadyRunning(f"another wanbalanced listens on {path} ({e or 'no answer in time'})") from None
+        else:
             raise AlreadyRunning(f"another wanbalanced answers on {path}")
-        p.unlink()
     p.parent.mkdir(parents=True, exist_ok=True)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 5.0)
             if line.strip() == b"status":
-                writer.write(json.dumps(current().to_json()).encode() + b"\n")
+                now = current()
+                answer = now.to_json() if now is not None else {"state": STARTING, "pid": os.getpid()}
+                writer.write(json.dumps(answer).encode() + b"\n")
             else:
                 writer.write(json.dumps({"error": f"unknown command {line.strip()!r}"}).encode() + b"\n")
             await writer.drain()
@@ -175,26 +191,37 @@ async def serve(path: str, current: Any) -> asyncio.AbstractServer:
         os.umask(old)
 
 
+def starting(answer: dict[str, Any]) -> bool:
+    """True for the answer of a daemon that has not published a status yet."""
+    return answer.get("state") == STARTING
+
+
 def query(path: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Ask the daemon on `path` for its status (blocking; used by the CLI)."""
+    """Ask the daemon on `path` for its status (blocking; used by the CLI).
+
+    Raises NoDaemon when nothing listens there, ControlError when something
+    does but its answer is unusable."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
-            s.connect(path)
+            try:
+                s.connect(path)
+            except FileNotFoundError:
+                raise NoDaemon(f"no daemon: {path} does not exist (is wanbalanced running?)") from None
+            except ConnectionRefusedError:
+                raise NoDaemon(f"no daemon answers on {path} (is wanbalanced running?)") from None
             s.sendall(b"status\n")
             data = b""
             while chunk := s.recv(65536):
                 data += chunk
-    except FileNotFoundError:
-        raise ControlError(f"no daemon: {path} does not exist (is wanbalanced running?)") from None
-    except ConnectionRefusedError:
-        raise ControlError(f"no daemon answers on {path} (is wanbalanced running?)") from None
     except OSError as e:
         raise ControlError(f"cannot ask the daemon on {path}: {e}") from None
     try:
-        answer: dict[str, Any] = json.loads(data)
+        answer = json.loads(data)
     except ValueError:
-        raise ControlError(f"the daemon on {path} sent an unreadable answer") from None
+        answer = None
+    if not isinstance(answer, dict):
+        raise ControlError(f"the daemon on {path} sent an unreadable answer")
     if "error" in answer:
         raise ControlError(str(answer["error"]))
     return answer
