@@ -44,18 +44,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import daemon, logs
 
     # A reload request before the loop can take it must not kill the daemon
-    # (SIGHUP's default); the loop installs its own handler.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    secure = not args.allow_insecure_config
-    config = _load(args.config, secure)
-    if config is None:
-        return 1
-    logs.setup(args.log_level or config.daemon.log_level)
+    # (SIGHUP's default): held pending until daemon.run handles it. The entry
+    # point (__main__) blocks it much earlier; this covers other callers.
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
-        return asyncio.run(daemon.run(config, args.config, secure, args.log_level))
-    except PermissionError as e:
-        print(f"wanbalanced: {e}: run as root or with CAP_NET_ADMIN", file=sys.stderr)
-        return 1
+        secure = not args.allow_insecure_config
+        config = _load(args.config, secure)
+        if config is None:
+            return 1
+        logs.setup(args.log_level or config.daemon.log_level)
+        try:
+            return asyncio.run(daemon.run(config, args.config, secure, args.log_level))
+        except PermissionError as e:
+            print(f"wanbalanced: {e}: run as root or with CAP_NET_ADMIN", file=sys.stderr)
+            return 1
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 async def _plan(config: Config) -> int:

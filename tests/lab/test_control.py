@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from lab.daemon import Wanbalanced
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab.daemon import WANBALANCED, Wanbalanced
 from lab.topo import Lab, batch, ip
 
 
@@ -25,3 +33,36 @@ def test_renamed_slave_is_detached_and_stays_out_when_brought_up(lab: Lab, wb: W
         assert wb.proc is not None and wb.proc.poll() is None
     finally:
         ip("link", "del", "old0", check=False)
+
+
+def _sighup_held(pid: int) -> bool:
+    """SIGHUP blocked or ignored by the process, as /proc shows it."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    masks = dict(line.split(":\t", 1) for line in text.splitlines() if line.startswith(("SigBlk", "SigIgn")))
+    return any(int(masks[k], 16) & 1 << (signal.SIGHUP - 1) for k in ("SigBlk", "SigIgn"))
+
+
+@pytest.mark.parametrize("entry", ["script", "module"])
+def test_early_sighup_neither_kills_nor_is_lost(lab: Lab, wb: Wanbalanced, entry: str) -> None:
+    argv = [str(WANBALANCED)] if entry == "script" else [sys.executable, "-m", "wanbalanced"]
+    log = open(wb.log_path, "ab")
+    wb._offset = wb.log_path.stat().st_size
+    started = time.monotonic()
+    wb.proc = subprocess.Popen([*argv, "run", "--config", str(wb.config_path), "--log-level", "debug"],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=wb.workdir)
+    log.close()
+    # As early as the process protects itself: the first moment it can survive.
+    while not _sighup_held(wb.proc.pid):
+        assert wb.proc.poll() is None, wb.log()
+    held = time.monotonic() - started
+    wb.send(signal.SIGHUP)
+    print(f"\n{entry}: SIGHUP held {held * 1000:.0f} ms after the spawn")
+    wb.wait_log(r"INFO converged: ", 15)
+    # The request was kept pending, not dropped: it reloads once the loop runs.
+    wb.wait_log(r"INFO reloaded .*config\.toml", 5)
+    assert lab.attached("wan0") and lab.attached("wan1")
+    code, _ = wb.stop()
+    assert code == 0, wb.log()
