@@ -149,12 +149,23 @@ class AlreadyRunning(Exception):
 STARTING = "starting"
 
 
-async def serve(path: str, current: Any) -> asyncio.AbstractServer:
+#: Longest request line: the only command is "status".
+MAX_REQUEST = 1024
+#: Clients served at once; more are told so and closed.
+MAX_CLIENTS = 16
+#: How long a client may take to send its request, and to take the answer.
+IO_TIMEOUT = 5.0
+
+
+async def serve(path: str, current: Any, *, max_clients: int = MAX_CLIENTS,
+                io_timeout: float = IO_TIMEOUT) -> asyncio.AbstractServer:
     """Answer `status` on a unix socket with `current()` as JSON, or with
     `{"state": "starting"}` while `current()` is still None.
 
     Refuses to take the socket over from a daemon that still listens on it:
-    two daemons would fight over the same equalizer.
+    two daemons would fight over the same equalizer. No client can hold a
+    handler longer than two `io_timeout`s, nor make it buffer more than one
+    answer, and at most `max_clients` are served at once.
     """
     p = Path(path)
     if p.exists() or p.is_symlink():
@@ -168,25 +179,41 @@ async def serve(path: str, current: Any) -> asyncio.AbstractServer:
         else:
             raise AlreadyRunning(f"another wanbalanced answers on {path}")
     p.parent.mkdir(parents=True, exist_ok=True)
+    clients = 0
+
+    def reply(writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
+        writer.write(json.dumps(answer).encode() + b"\n")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal clients
+        clients += 1
         try:
-            line = await asyncio.wait_for(reader.readline(), 5.0)
-            if line.strip() == b"status":
-                now = current()
-                answer = now.to_json() if now is not None else {"state": STARTING, "pid": os.getpid()}
-                writer.write(json.dumps(answer).encode() + b"\n")
+            if clients > max_clients:
+                reply(writer, {"error": f"too many clients (at most {max_clients} at once); try again"})
             else:
-                writer.write(json.dumps({"error": f"unknown command {line.strip()!r}"}).encode() + b"\n")
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), io_timeout)
+                except ValueError:  # longer than the reader's limit
+                    line = None
+                if line is None:
+                    reply(writer, {"error": f"request longer than {MAX_REQUEST} bytes"})
+                elif line.strip() == b"status":
+                    now = current()
+                    reply(writer, now.to_json() if now is not None else {"state": STARTING, "pid": os.getpid()})
+                else:
+                    reply(writer, {"error": f"unknown command {line.strip()[:64]!r}"})
+            # A client that does not read must not hold the handler (and the
+            # answer in memory) forever.
+            await asyncio.wait_for(writer.drain(), io_timeout)
             writer.close()
+        except (asyncio.TimeoutError, ConnectionError):
+            writer.transport.abort()  # close() would wait for the unread answer to go
+        finally:
+            clients -= 1
 
     old = os.umask(0o077)  # root only: the status names interfaces and reasons
     try:
-        return await asyncio.start_unix_server(handle, path)
+        return await asyncio.start_unix_server(handle, path, limit=MAX_REQUEST)
     finally:
         os.umask(old)
 
