@@ -17,6 +17,9 @@ DEFAULT_SOCKET = "/run/wanbalanced/control.sock"
 
 # Exit statuses of `plan`, as documented.
 PLAN_CONVERGED, PLAN_ERROR, PLAN_PENDING = 0, 1, 2
+# Exit statuses of `status` beside 0, as LSB init scripts use them: not
+# running, and running but its status not known yet.
+STATUS_NO_DAEMON, STATUS_STARTING = 3, 4
 
 
 def _load(path: str, secure: bool = False) -> Config | None:
@@ -41,18 +44,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from . import daemon, logs
 
     # A reload request before the loop can take it must not kill the daemon
-    # (SIGHUP's default); the loop installs its own handler.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    secure = not args.allow_insecure_config
-    config = _load(args.config, secure)
-    if config is None:
-        return 1
-    logs.setup(args.log_level or config.daemon.log_level)
+    # (SIGHUP's default): held pending until daemon.run handles it. The entry
+    # point (__main__) blocks it much earlier; this covers other callers.
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
-        return asyncio.run(daemon.run(config, args.config, secure, args.log_level))
-    except PermissionError as e:
-        print(f"wanbalanced: {e}: run as root or with CAP_NET_ADMIN", file=sys.stderr)
-        return 1
+        secure = not args.allow_insecure_config
+        config = _load(args.config, secure)
+        if config is None:
+            return 1
+        logs.setup(args.log_level or config.daemon.log_level)
+        try:
+            return asyncio.run(daemon.run(config, args.config, secure, args.log_level))
+        except PermissionError as e:
+            print(f"wanbalanced: {e}: run as root or with CAP_NET_ADMIN", file=sys.stderr)
+            return 1
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 async def _plan(config: Config) -> int:
@@ -103,7 +110,7 @@ def _ago(seconds: float) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from .status import ControlError, query
+    from .status import ControlError, query, starting
 
     path = args.socket
     if path is None:
@@ -119,10 +126,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         answer = query(path)
     except ControlError as e:
         print(f"wanbalanced status: {e}", file=sys.stderr)
-        return 3  # as `systemctl status` does for a unit that is not running
+        return STATUS_NO_DAEMON  # as `systemctl status` does for a unit that is not running
     if args.json:
         print(json.dumps(answer, indent=2))
-        return 0
+        return STATUS_STARTING if starting(answer) else 0
+    if starting(answer):
+        print(f"wanbalanced status: the daemon (pid {answer.get('pid')}) is starting: no status yet",
+              file=sys.stderr)
+        return STATUS_STARTING
     now = time.time()
     rows = [("EQUALIZER", "SLAVE", "STATE", "CARRIER", "ATTACHED", "SINCE", "DETACHES", "LAST REASON")]
     for s in answer["slaves"]:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_interface
@@ -478,24 +479,78 @@ def unsafe_reason(st: os.stat_result) -> str | None:
     return None
 
 
+#: Largest configuration file read; a real one is a few KiB.
+MAX_CONFIG_SIZE = 1 << 20
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def unsafe_directory(path: str) -> str | None:
+    """Why the directories holding a configuration file must not be trusted:
+    whoever may write one may replace the file (or the symlink) in it. Both
+    the directory of the path as given and that of its target are checked."""
+    dirs = dict.fromkeys([os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))])
+    for d in dirs:
+        try:
+            why = unsafe_reason(os.stat(d))
+        except OSError as e:
+            return f"its directory {d} cannot be checked: {e.strerror or e}"
+        if why is not None:
+            return f"in the directory {d}, which is {why.replace('chmod go-w it', 'chmod go-w that directory')}"
+    return None
+
+
 def load_config(path: str | os.PathLike[str], secure: bool = False) -> Config:
     """Read, parse and validate a configuration file; raises only ConfigError.
 
-    With `secure`, a file that anyone but root may write is refused (the
-    daemon's `--allow-insecure-config` turns that off)."""
+    Only a regular file of at most MAX_CONFIG_SIZE bytes is read; a symlink
+    is followed and its target checked. It is opened without blocking, so a
+    FIFO put in its place cannot stall the daemon. With `secure`, a file that
+    anyone but root may write, or that sits in a directory anyone but root
+    may write, is refused (the daemon's `--allow-insecure-config` turns that
+    off)."""
     source = os.fspath(path)
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(source, [Problem("", message)])
+
     try:
-        with open(path, "rb") as f:
-            if secure and (why := unsafe_reason(os.fstat(f.fileno()))) is not None:
-                raise ConfigError(source, [Problem("", f"refused: the file is {why} "
-                                                       "(or run with --allow-insecure-config)")])
-            data = f.read()
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+        # writer. It changes nothing for a regular file.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
-        raise ConfigError(source, [Problem("", "file not found")]) from None
+        raise fail("file not found") from None
     except OSError as e:
-        raise ConfigError(source, [Problem("", f"cannot read the file: {e.strerror or e}")]) from None
+        raise fail(f"cannot read the file: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)  # the file opened, not what the path names by now
+        if not stat.S_ISREG(st.st_mode):
+            raise fail(f"cannot read the file: it is {_kind(st.st_mode)}, not a regular file")
+        if st.st_size > MAX_CONFIG_SIZE:
+            raise fail(f"the file is {st.st_size} bytes long; at most {MAX_CONFIG_SIZE} "
+                       f"({MAX_CONFIG_SIZE >> 20} MiB) are read")
+        if secure:
+            why = unsafe_reason(st)
+            if why is None:
+                why = unsafe_directory(source)
+            if why is not None:
+                raise fail(f"refused: the file is {why} (or run with --allow-insecure-config)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CONFIG_SIZE + 1)  # it may have grown since fstat
+    except OSError as e:
+        raise fail(f"cannot read the file: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_SIZE:
+        raise fail(f"the file is longer than {MAX_CONFIG_SIZE} bytes ({MAX_CONFIG_SIZE >> 20} MiB), "
+                   "the most that is read")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(source, [Problem("", f"not UTF-8 text (bad byte at offset {e.start})")]) from None
+        raise fail(f"not UTF-8 text (bad byte at offset {e.start})") from None
     return parse_config(text, source)

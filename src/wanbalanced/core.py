@@ -138,6 +138,10 @@ class Core:
         self.settled: dict[tuple[str, str], object] | None = None
         self.slaves: dict[str, SlaveBook] = {}
         self._index: dict[str, int | None] = {}
+        # Devices that left the configuration under our feet (renamed, e.g.
+        # wan0 -> old0) while still attached: ifindex -> (equalizer, old name).
+        # The kernel keeps the qdisc across a rename, so they are detached.
+        self.orphans: dict[int, tuple[str, str]] = {}
         for eq in config.equalizers.values():
             for name in eq.slaves:
                 self.slaves[name] = SlaveBook(SlaveMachine(name, now), config.slave(name), honour_delays)
@@ -203,13 +207,27 @@ class Core:
         for eq_name, eq in self.config.equalizers.items():
             for name in eq.slaves:
                 out.extend(self._observe_slave(eq_name, name, snap, now))
+        self._prune_orphans(snap)
         return out
+
+    def _prune_orphans(self, snap: Snapshot) -> None:
+        """Forget a renamed device once it is detached, deleted, or configured
+        again under its new name (then it is an ordinary slave)."""
+        for index, (eq_name, _old) in list(self.orphans.items()):
+            link = snap.links.get(index)
+            if link is None or not link.attached_to(eq_name) or self.config.equalizer_of(link.name) is not None:
+                del self.orphans[index]
 
     def _observe_slave(self, eq_name: str, name: str, snap: Snapshot, now: float) -> list[Transition]:
         book = self.slaves[name]
         link = snap.link(name)
         out: list[Transition] = []
         old_index, self._index[name] = self._index[name], link.index if link is not None else None
+        if old_index is not None and (link is None or link.index != old_index):
+            moved = snap.links.get(old_index)
+            if moved is not None and moved.name != name and moved.attached_to(eq_name):
+                # Renamed: the same device under a name we do not manage.
+                self.orphans[old_index] = (eq_name, name)
         if (link is not None and book.machine.state is not State.ABSENT
                 and old_index is not None and old_index != link.index):
             # Deleted and created again under the same name (pppd redial) while
@@ -415,6 +433,12 @@ class Core:
                 attached.discard(name)
             if m.state is State.REFUSED:
                 faults.append(Fault("refused", name, m.reason))
+        for index, (orphan_eq, old) in sorted(self.orphans.items()):
+            link = snap.links.get(index)
+            if orphan_eq == eq_name and link is not None and link.attached_to(eq_name):
+                # Detach is keyed by ifindex: the action names the device as it is now.
+                actions.append(Detach(f"renamed from {old}, which left the configuration", eq_name, link.name,
+                                      index))
 
         master_up = master.admin_up
         going_up = False

@@ -100,6 +100,9 @@ class Daemon:
         signals = {signal.SIGTERM: _STOP, signal.SIGINT: _STOP, signal.SIGHUP: _RELOAD}
         for sig, intent in signals.items():
             loop.add_signal_handler(sig, self._queue.put_nowait, intent)
+        # The entry point blocked SIGHUP until now: one sent during start-up
+        # is delivered here and becomes a reload, not lost and not fatal.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         try:
             self.metrics.serve(self.config.daemon.metrics_listen)
         except OSError as e:
@@ -126,6 +129,8 @@ class Daemon:
                 control.close()
             self.metrics.close()
             self.kernel.close()
+            # Held again, so that a late reload request cannot kill the exit.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
             for sig in signals:
                 loop.remove_signal_handler(sig)
         # The data plane is left exactly as it is: a restart must not cut traffic.

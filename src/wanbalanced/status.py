@@ -137,64 +137,118 @@ class ControlError(Exception):
     """No daemon answers, or it answered nonsense."""
 
 
+class NoDaemon(ControlError):
+    """Nothing listens on the control socket (absent, or a stale file)."""
+
+
 class AlreadyRunning(Exception):
     """Another daemon answers on the control socket."""
 
 
-async def serve(path: str, current: Any) -> asyncio.AbstractServer:
-    """Answer `status` on a unix socket with `current()` as JSON.
+#: The answer before the first status is published (the daemon is starting).
+STARTING = "starting"
 
-    Refuses to take the socket over from a daemon that still answers on it: two
-    daemons would fight over the same equalizer.
+
+#: Longest request line: the only command is "status".
+MAX_REQUEST = 1024
+#: Clients served at once; more are told so and closed.
+MAX_CLIENTS = 16
+#: How long a client may take to send its request, and to take the answer.
+IO_TIMEOUT = 5.0
+
+
+async def serve(path: str, current: Any, *, max_clients: int = MAX_CLIENTS,
+                io_timeout: float = IO_TIMEOUT) -> asyncio.AbstractServer:
+    """Answer `status` on a unix socket with `current()` as JSON, or with
+    `{"state": "starting"}` while `current()` is still None.
+
+    Refuses to take the socket over from a daemon that still listens on it:
+    two daemons would fight over the same equalizer. No client can hold a
+    handler longer than two `io_timeout`s, nor make it buffer more than one
+    answer, and at most `max_clients` are served at once.
     """
     p = Path(path)
-    if p.exists():
-        with contextlib.suppress(ControlError):
+    if p.exists() or p.is_symlink():
+        try:
             await asyncio.wait_for(asyncio.to_thread(query, path, 1.0), 2.0)
+        except NoDaemon:
+            p.unlink()  # a stale socket: its daemon is gone
+        except (ControlError, asyncio.TimeoutError) as e:
+            # It accepted the connection: someone is there, whatever it said.
+            raise AlreadyRunning(f"another wanbalanced listens on {path} ({e or 'no answer in time'})") from None
+        else:
             raise AlreadyRunning(f"another wanbalanced answers on {path}")
-        p.unlink()
     p.parent.mkdir(parents=True, exist_ok=True)
+    clients = 0
+
+    def reply(writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
+        writer.write(json.dumps(answer).encode() + b"\n")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal clients
+        clients += 1
         try:
-            line = await asyncio.wait_for(reader.readline(), 5.0)
-            if line.strip() == b"status":
-                writer.write(json.dumps(current().to_json()).encode() + b"\n")
+            if clients > max_clients:
+                reply(writer, {"error": f"too many clients (at most {max_clients} at once); try again"})
             else:
-                writer.write(json.dumps({"error": f"unknown command {line.strip()!r}"}).encode() + b"\n")
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), io_timeout)
+                except ValueError:  # longer than the reader's limit
+                    line = None
+                if line is None:
+                    reply(writer, {"error": f"request longer than {MAX_REQUEST} bytes"})
+                elif line.strip() == b"status":
+                    now = current()
+                    reply(writer, now.to_json() if now is not None else {"state": STARTING, "pid": os.getpid()})
+                else:
+                    reply(writer, {"error": f"unknown command {line.strip()[:64]!r}"})
+            # A client that does not read must not hold the handler (and the
+            # answer in memory) forever.
+            await asyncio.wait_for(writer.drain(), io_timeout)
             writer.close()
+        except (asyncio.TimeoutError, ConnectionError):
+            writer.transport.abort()  # close() would wait for the unread answer to go
+        finally:
+            clients -= 1
 
     old = os.umask(0o077)  # root only: the status names interfaces and reasons
     try:
-        return await asyncio.start_unix_server(handle, path)
+        return await asyncio.start_unix_server(handle, path, limit=MAX_REQUEST)
     finally:
         os.umask(old)
 
 
+def starting(answer: dict[str, Any]) -> bool:
+    """True for the answer of a daemon that has not published a status yet."""
+    return answer.get("state") == STARTING
+
+
 def query(path: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Ask the daemon on `path` for its status (blocking; used by the CLI)."""
+    """Ask the daemon on `path` for its status (blocking; used by the CLI).
+
+    Raises NoDaemon when nothing listens there, ControlError when something
+    does but its answer is unusable."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
-            s.connect(path)
+            try:
+                s.connect(path)
+            except FileNotFoundError:
+                raise NoDaemon(f"no daemon: {path} does not exist (is wanbalanced running?)") from None
+            except ConnectionRefusedError:
+                raise NoDaemon(f"no daemon answers on {path} (is wanbalanced running?)") from None
             s.sendall(b"status\n")
             data = b""
             while chunk := s.recv(65536):
                 data += chunk
-    except FileNotFoundError:
-        raise ControlError(f"no daemon: {path} does not exist (is wanbalanced running?)") from None
-    except ConnectionRefusedError:
-        raise ControlError(f"no daemon answers on {path} (is wanbalanced running?)") from None
     except OSError as e:
         raise ControlError(f"cannot ask the daemon on {path}: {e}") from None
     try:
-        answer: dict[str, Any] = json.loads(data)
+        answer = json.loads(data)
     except ValueError:
-        raise ControlError(f"the daemon on {path} sent an unreadable answer") from None
+        answer = None
+    if not isinstance(answer, dict):
+        raise ControlError(f"the daemon on {path} sent an unreadable answer")
     if "error" in answer:
         raise ControlError(str(answer["error"]))
     return answer

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+from collections.abc import Iterator
 from ipaddress import IPv4Interface
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from pydantic import ValidationError
 
-from wanbalanced.config import (Config, ConfigError, DaemonConfig, EqualizerConfig, Problem,
+from wanbalanced.config import (MAX_CONFIG_SIZE, Config, ConfigError, DaemonConfig, EqualizerConfig, Problem,
                                 SlaveConfig, load_config, parse_config)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -433,3 +436,101 @@ def test_not_utf8(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.problems == (Problem("", f"not UTF-8 text (bad byte at offset {len(BASE) + 9})"),)
+
+
+# -- the file itself: what is opened, how much is read, where it lives ------------
+
+
+@pytest.fixture
+def no_hang() -> Iterator[None]:
+    """Opening a FIFO the blocking way would hang the test: fail it instead."""
+    def hung(_sig: int, _frame: FrameType | None) -> None:
+        raise AssertionError("load_config blocked")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def problem_of(path: Path, secure: bool = False) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, secure)
+    assert len(info.value.problems) == 1
+    return info.value.problems[0].message
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path, no_hang: None) -> None:
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)
+    assert problem_of(fifo) == "cannot read the file: it is a FIFO, not a regular file"
+    assert problem_of(fifo, secure=True) == "cannot read the file: it is a FIFO, not a regular file"
+
+
+def test_symlink_to_a_fifo_or_a_device_is_refused(tmp_path: Path, no_hang: None) -> None:
+    link = tmp_path / "config.toml"
+    link.symlink_to("/dev/zero")  # would otherwise be read forever
+    assert problem_of(link) == "cannot read the file: it is a character device, not a regular file"
+
+
+def test_huge_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    with open(path, "wb") as f:
+        f.truncate(4 << 30)  # sparse: 4 GiB that would all be read
+    assert problem_of(path) == f"the file is {4 << 30} bytes long; at most {MAX_CONFIG_SIZE} (1 MiB) are read"
+
+
+def test_file_of_exactly_the_cap_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    text = BASE + "#" * (MAX_CONFIG_SIZE - len(BASE) - 1) + "\n"
+    path.write_text(text)
+    assert load_config(path).equalizers["teql0"].slaves == ("wan0", "wan1")
+    path.write_text(text + "\n")
+    assert problem_of(path).startswith(f"the file is {MAX_CONFIG_SIZE + 1} bytes long")
+
+
+@pytest.mark.parametrize(("mode", "who"), [(0o775, "its group"), (0o757, "everyone"), (0o1777, "its group and everyone")])
+def test_writable_directory_is_refused_when_secure(tmp_path: Path, mode: int, who: str) -> None:
+    d = tmp_path / "etc"
+    d.mkdir()
+    path = d / "config.toml"
+    path.write_text(BASE)
+    path.chmod(0o644)
+    d.chmod(mode)
+    message = problem_of(path, secure=True)
+    assert message.startswith(f"refused: the file is in the directory {d}, which is writable by {who}"), message
+    assert "chmod go-w that directory" in message and "--allow-insecure-config" in message
+    assert load_config(path).equalizers  # check-config and --allow-insecure-config still read it
+    d.chmod(0o755)
+    assert load_config(path, secure=True).equalizers
+
+
+def test_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "etc"
+    d.mkdir(mode=0o755)
+    path = d / "config.toml"
+    path.write_text(BASE)
+    path.chmod(0o644)
+    os.chown(d, 1000, 0)
+    assert problem_of(path, secure=True).startswith(f"refused: the file is in the directory {d}, "
+                                                    "which is owned by uid 1000, not root")
+
+
+def test_symlinked_config_is_followed_and_its_target_checked(tmp_path: Path) -> None:
+    etc, store = tmp_path / "etc", tmp_path / "store"
+    etc.mkdir(mode=0o755)
+    store.mkdir(mode=0o755)
+    target = store / "wanbalanced.toml"
+    target.write_text(BASE)
+    target.chmod(0o644)
+    link = etc / "config.toml"
+    link.symlink_to(target)
+    assert load_config(link, secure=True).equalizers  # as operators do (etckeeper, config management)
+    target.chmod(0o666)
+    assert problem_of(link, secure=True).startswith("refused: the file is writable by its group and everyone")
+    target.chmod(0o644)
+    store.chmod(0o777)
+    assert problem_of(link, secure=True).startswith(f"refused: the file is in the directory {store}, ")

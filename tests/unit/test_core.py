@@ -18,7 +18,7 @@ from wanbalanced.actions import (
     SetRpFilter,
 )
 from wanbalanced.core import Core
-from wanbalanced.observed import IFF_POINTOPOINT, Address, Route
+from wanbalanced.observed import IFF_POINTOPOINT, Address, Qdisc, Route
 from wanbalanced.slave import State
 
 
@@ -126,6 +126,74 @@ def test_recreated_interface_is_reslaved_and_sysctl_reapplied() -> None:
     assert commands(core, snap) == ["sysctl -w net.ipv4.conf.wan1.rp_filter=0", "tc qdisc add dev wan1 root teql0"]
     attach = core.plan(snap).actions[1]
     assert isinstance(attach, Attach) and attach.index == 42
+
+
+def test_renamed_slave_is_detached_by_ifindex() -> None:
+    # `ip link set wan0 down; ip link set wan0 name old0`, seen in one batch:
+    # the kernel keeps old0 attached; bringing it up would put it back in the
+    # round robin, unmanaged.
+    core = Core(config(), 0.0)
+    core.observe(converged(), 0.0)
+    snap = snapshot(master(up=True), slave(10, "old0", teql="teql0", up=False), slave(11, "wan1", teql="teql0"),
+                    address=True, default_route=True)
+    core.observe(snap, 1.0)
+    assert core.machines["wan0"].state is State.ABSENT
+    plan = core.plan(snap)
+    assert [a.command() for a in plan.actions] == ["tc qdisc del dev old0 root teql0"]
+    detach = plan.actions[0]
+    assert isinstance(detach, Detach) and detach.index == 10 and "renamed from wan0" in detach.reason
+    # Once detached it is forgotten: attaching old0 by hand later is the operator's business.
+    snap.put_qdisc(10, None)
+    core.observe(snap, 2.0)
+    assert core.plan(snap).converged and not core.orphans
+    snap.put_qdisc(10, Qdisc("teql0", 0))
+    core.observe(snap, 3.0)
+    assert core.plan(snap).converged
+
+
+def test_slave_renamed_during_down_delay_is_detached() -> None:
+    cfg = config("""
+[equalizers.teql0]
+slaves = ["wan0", "wan1"]
+[slaves.wan0]
+down_delay = "10s"
+""")
+    core = Core(cfg, 0.0)
+    core.observe(converged(), 0.0)
+    down = snapshot(master(up=True), slave(10, "wan0", teql="teql0", up=False), slave(11, "wan1", teql="teql0"),
+                    default_route=True)
+    core.observe(down, 1.0)
+    assert core.plan(down).converged  # waiting out the delay
+    renamed = snapshot(master(up=True), slave(10, "old0", teql="teql0", up=False), slave(11, "wan1", teql="teql0"),
+                       default_route=True)
+    core.observe(renamed, 2.0)
+    assert commands(core, renamed) == ["tc qdisc del dev old0 root teql0"]
+
+
+def test_slave_renamed_back_is_an_ordinary_slave_again() -> None:
+    core = Core(config(), 0.0)
+    core.observe(converged(), 0.0)
+    renamed = snapshot(master(up=True), slave(10, "old0", teql="teql0", up=False), slave(11, "wan1", teql="teql0"),
+                       address=True, default_route=True)
+    core.observe(renamed, 1.0)
+    assert core.orphans
+    back = snapshot(master(up=True), slave(10, "wan0", teql="teql0"), slave(11, "wan1", teql="teql0"),
+                    address=True, default_route=True)
+    core.observe(back, 2.0)
+    assert not core.orphans
+    assert core.machines["wan0"].state is State.UP
+    assert core.plan(back).converged
+
+
+def test_renamed_unattached_device_is_left_alone() -> None:
+    core = Core(config(), 0.0)
+    snap = snapshot(master(up=True), slave(10, "wan0"), slave(11, "wan1", teql="teql0"),
+                    address=True, default_route=True)
+    core.observe(snap, 0.0)
+    renamed = snapshot(master(up=True), slave(10, "old0"), slave(11, "wan1", teql="teql0"),
+                       address=True, default_route=True)
+    core.observe(renamed, 1.0)
+    assert not core.orphans and core.plan(renamed).converged
 
 
 def test_missing_slave_is_attached_when_it_appears() -> None:
