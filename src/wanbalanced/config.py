@@ -13,7 +13,7 @@ import re
 import stat
 import tomllib
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, ip_interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_interface
 from typing import Annotated, Any, Iterable, Literal
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
@@ -182,6 +182,30 @@ def _parse_ipv4(v: object) -> object:
 
 IPv4 = Annotated[IPv4Address, BeforeValidator(_parse_ipv4)]
 
+_THIS_NETWORK = IPv4Network("0.0.0.0/8")
+_LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+
+
+def _check_target(addr: IPv4Address) -> IPv4Address:
+    """A probe target must be a unicast address an echo can reach through the
+    slave. Link-local and private addresses (a modem's, a PPP peer's, the
+    TEST-NETs of the lab) are fine: the echo is bound to the slave's device."""
+    why = None
+    if addr in _THIS_NETWORK:
+        why = "is unspecified (0.0.0.0/8 means this host, this network)"
+    elif addr.is_loopback:
+        why = "is a loopback address: the echo would never leave this host"
+    elif addr.is_multicast:
+        why = "is a multicast address"
+    elif addr == _LIMITED_BROADCAST:
+        why = "is the limited broadcast address"
+    if why is not None:
+        raise ValueError(f"{addr} {why}; a probe target must be a unicast address reachable through the slave")
+    return addr
+
+
+ProbeTarget = Annotated[IPv4, AfterValidator(_check_target)]
+
 
 def _unique(targets: tuple[IPv4Address, ...]) -> tuple[IPv4Address, ...]:
     if len(set(targets)) != len(targets):
@@ -199,7 +223,7 @@ class ProbeConfig(BaseModel):
     """
 
     model_config = _STRICT
-    targets: Annotated[tuple[IPv4, ...], Field(min_length=1, max_length=16), AfterValidator(_unique),
+    targets: Annotated[tuple[ProbeTarget, ...], Field(min_length=1, max_length=16), AfterValidator(_unique),
                        BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
     interval: Annotated[Duration, Field(ge=0.05, le=60.0)] = 1.0
     timeout: Annotated[Duration, Field(ge=0.01, le=60.0)] = 1.0

@@ -534,3 +534,38 @@ def test_symlinked_config_is_followed_and_its_target_checked(tmp_path: Path) -> 
     target.chmod(0o644)
     store.chmod(0o777)
     assert problem_of(link, secure=True).startswith(f"refused: the file is in the directory {store}, ")
+
+
+# -- probe targets ---------------------------------------------------------------
+
+
+def probe_targets(*targets: str) -> str:
+    listed = ", ".join(f'"{t}"' for t in targets)
+    return BASE + f"[slaves.wan0.probe]\ntargets = [{listed}]\n"
+
+
+@pytest.mark.parametrize(("target", "why"), [
+    ("0.0.0.0", "is unspecified"),
+    ("0.1.2.3", "is unspecified"),
+    ("127.0.0.1", "is a loopback address"),
+    ("127.255.0.9", "is a loopback address"),
+    ("224.0.0.1", "is a multicast address"),
+    ("239.255.255.250", "is a multicast address"),
+    ("255.255.255.255", "is the limited broadcast address"),
+])
+def test_unusable_probe_targets_are_refused_with_their_path(target: str, why: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(probe_targets("192.0.2.1", target))
+    (problem,) = info.value.problems
+    assert problem.path == "slaves.wan0.probe.targets[1]"
+    assert problem.message.startswith(f"{target} {why}")
+    assert problem.message.endswith("; a probe target must be a unicast address reachable through the slave")
+
+
+@pytest.mark.parametrize("target", ["192.0.2.1", "198.51.100.7", "203.0.113.9", "8.8.8.8", "10.1.2.3",
+                                    "192.168.100.1", "169.254.1.1", "100.64.0.1"])
+def test_unicast_probe_targets_are_accepted(target: str) -> None:
+    # TEST-NETs (the lab's), private, CGNAT and link-local: a modem or a PPP
+    # peer on the line is a fine target, and the echo is bound to the slave.
+    probe = parse_config(probe_targets(target)).slave("wan0").probe
+    assert probe is not None and [str(t) for t in probe.targets] == [target]

@@ -314,6 +314,11 @@ def same(values: Sequence[object]) -> Good:
     return st.sampled_from([(v, v) for v in values])
 
 
+def probe_target(a: IPv4Address) -> bool:
+    """docs/config.md: unicast and routable; not 0/8, loopback, multicast or 255.255.255.255."""
+    return not (int(a) >> 24 in (0, 127) or 224 <= int(a) >> 24 <= 239 or int(a) == 0xFFFFFFFF)
+
+
 def good_ipv4() -> Good:
     return st.ip_addresses(v=4).map(lambda a: (str(a), a))
 
@@ -499,12 +504,13 @@ def build_probe(b: Builder, s: dict[str, Any], loc: Loc) -> None:
     if b.spoil():
         p["targets"] = draw(st.sampled_from([[], "192.0.2.1", [f"192.0.2.{i}" for i in range(17)],
                                              ["192.0.2.1", "192.0.2.1"], ["192.0.2.1", "192.0.2.1/32"], ["::1"],
-                                             [1], [["192.0.2.1"]]]))
+                                             [1], [["192.0.2.1"]], ["0.0.0.0"], ["127.0.0.1"], ["224.0.0.5"],
+                                             ["192.0.2.1", "255.255.255.255"]]))
         b.out.bad.append((*loc, "targets"))
     elif b.allow_bad and draw(st.integers(0, 9)) == 0:
         b.out.bad.append((*loc, "targets"))  # missing
     else:
-        targets = draw(st.lists(st.ip_addresses(v=4), min_size=1, max_size=16, unique=True))
+        targets = draw(st.lists(st.ip_addresses(v=4).filter(probe_target), min_size=1, max_size=16, unique=True))
         p["targets"] = [str(a) for a in targets]
         b.out.expect[(*loc, "targets")] = tuple(targets)
         n = len(targets)
