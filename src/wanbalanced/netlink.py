@@ -39,7 +39,6 @@ from .actions import (
     LinkUp,
     ReplaceDefaultRoute,
     SetRpFilter,
-    sysctl_ifname,
 )
 from .observed import (
     DEFAULT_DST,
@@ -250,16 +249,23 @@ def expect(snap: Snapshot, action: Action) -> None:
 # -- sysctl (there is no netlink write for it) -----------------------------------
 
 
+def rp_filter_path(name: str, root: str = PROC_CONF) -> str:
+    """The kernel's file for a device's rp_filter. The directory is the device
+    name as it is, dots included (`conf/eth0.100/`): only sysctl(8)'s dotted
+    key syntax writes such a dot as '/' (see actions.sysctl_ifname)."""
+    return os.path.join(root, name, "rp_filter")
+
+
 def read_rp_filter(name: str, root: str = PROC_CONF) -> int | None:
     try:
-        with open(os.path.join(root, sysctl_ifname(name), "rp_filter")) as f:
+        with open(rp_filter_path(name, root)) as f:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
 
 
 def write_rp_filter(name: str, value: int, root: str = PROC_CONF) -> None:
-    with open(os.path.join(root, sysctl_ifname(name), "rp_filter"), "w") as f:
+    with open(rp_filter_path(name, root), "w") as f:
         f.write(f"{value}\n")
 
 
