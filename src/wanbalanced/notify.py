@@ -1,13 +1,12 @@
 """sd_notify: readiness, status, reload and the watchdog.
 
-Without NOTIFY_SOCKET (not under systemd) every call is a no-op. The watchdog
-is pinged from a task on the event loop itself, so a hung loop stops pinging
-and systemd kills and restarts the daemon.
+Without NOTIFY_SOCKET (not under systemd) every call is a no-op. The daemon
+loop pings the watchdog itself (see daemon.Daemon.watchdog_ok), so a hung
+loop or a dead event reader stops the pings and systemd restarts the daemon.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 
@@ -52,7 +51,5 @@ class Notifier:
             return None
         return int(usec) / 2e6
 
-    async def watchdog(self, interval: float) -> None:
-        while True:
-            self._send("WATCHDOG=1")
-            await asyncio.sleep(interval)
+    def ping(self) -> None:
+        self._send("WATCHDOG=1")
