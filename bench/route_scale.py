@@ -19,6 +19,7 @@ import sys
 import tarfile
 import io
 from pathlib import Path
+from typing import Any
 
 from lab.topo import Lab, ip, reset_teql, run
 
@@ -57,13 +58,13 @@ def before_tree() -> str:
     return str(dest)
 
 
-def measure(pythonpath: str) -> dict[str, float]:
+def measure(pythonpath: str) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=pythonpath)
     out = subprocess.run([sys.executable, "-c", CHILD, str(RUNS)], env=env, capture_output=True, text=True,
                          timeout=1200)
     if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else f"rc {out.returncode}"}  # type: ignore[dict-item]
-    result: dict[str, float] = json.loads(out.stdout)
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else f"rc {out.returncode}"}
+    result: dict[str, Any] = json.loads(out.stdout)
     return result
 
 
@@ -80,7 +81,7 @@ def main() -> int:
     lab = Lab()
     lab.teardown()
     lab.setup(2)
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         # A converged equalizer, as the daemon leaves it.
         lab.teql_by_hand()
@@ -94,7 +95,7 @@ def main() -> int:
             for n in SIZES:
                 add_routes(have, n, table)
                 have = n
-                row = {"table": table, "routes": n, "after": measure(after)}
+                row: dict[str, Any] = {"table": table, "routes": n, "after": measure(after)}
                 row["before"] = measure(before) if n <= BEFORE_MAX else {"error": "not run: does not fit"}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
