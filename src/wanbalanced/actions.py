@@ -22,7 +22,9 @@ def _metric(metric: int) -> str:
 
 
 def sysctl_ifname(name: str) -> str:
-    """sysctl(8) writes a '.' inside a device name as '/' (eth0.100 -> eth0/100)."""
+    """The device name in a sysctl(8) key: '.' separates the key's parts, so a
+    '.' inside a device name is written '/' (eth0.100 -> eth0/100). For the
+    rendered command only; the file under /proc/sys keeps the real name."""
     return name.replace(".", "/")
 
 

@@ -5,6 +5,11 @@ snapshot, lets the core observe and plan, and executes the plan. Timers (up and
 down delays, retry back-off) are the loop's wait timeout, so nothing polls;
 only link counters are refreshed by a periodic dump, for the metrics. Signal
 handlers only queue an intent (stop, reload); the loop acts on it.
+
+Every background task runs under the `Supervisor`: one that dies is logged and
+recovered, or the daemon exits non-zero for systemd to restart it. The
+watchdog is pinged by the loop itself, and only while the event reader lives,
+so a loop stuck in an await or a dead reader stops the pings.
 """
 
 from __future__ import annotations
@@ -29,12 +34,17 @@ from .notify import Notifier
 from .observed import Snapshot
 from .probing import ProbeManager, probed_series
 from .report import Reporter
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 # Intents queued beside the netlink messages.
 _STOP, _RELOAD, _RESYNC, _REFRESH, _VERDICT = "stop", "reload", "resync", "refresh", "verdict"
-_RECONCILE = "reconcile"
+_RECONCILE, _PING, _FATAL = "reconcile", "ping", "fatal"
+READER = "netlink events"
+# Decoded events waiting for the loop; more means the loop cannot keep up, and
+# the queue is then treated like lost events (resubscribe and resync).
+MAX_QUEUED_EVENTS = 20_000
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 MAX_PASSES = 8  # plan/execute passes per wake-up; more means the kernel fights back
 
@@ -83,8 +93,9 @@ class Daemon:
         )
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._backoff: dict[Action, _Backoff] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._reader: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor(lambda _name: self._queue.put_nowait(_FATAL))
+        self.malformed_events = 0
+        self.overflows = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -108,23 +119,27 @@ class Daemon:
         except OSError as e:
             log.error("metrics endpoint %s: %s; running without metrics", self.config.daemon.metrics_listen, e)
         await self.kernel.open()
+        code = 0
         try:
             interval = self.notifier.watchdog_interval()
             if interval is not None:
-                self._tasks.append(asyncio.create_task(self.notifier.watchdog(interval)))
+                self.notifier.ping()  # the first resync may take a while
+                self._start_tick("watchdog", interval, _PING)
             await self._resync()
-            self._tasks.append(asyncio.create_task(self._tick(self.config.daemon.stats_interval, _REFRESH)))
+            self._start_tick("stats refresh", self.config.daemon.stats_interval, _REFRESH)
             if self.config.daemon.reconcile_interval:
-                self._tasks.append(asyncio.create_task(self._tick(self.config.daemon.reconcile_interval, _RECONCILE)))
+                self._start_tick("safety-net reconcile", self.config.daemon.reconcile_interval, _RECONCILE)
             log.info("converged: %s", self._publish())
             self.notifier.ready(self._publish())
-            await self._loop()
+            code = await self._loop()
+        except Exception as e:  # noqa: BLE001 - logged, then systemd restarts us
+            log.critical("the daemon loop failed: %r; exiting", e, exc_info=e,
+                         extra=fields(event="error", reason=repr(e)))
+            code = 1
         finally:
             self.notifier.stopping()
             self.probes.stop_all()
-            for task in [*self._tasks, self._reader]:
-                if task is not None:
-                    task.cancel()
+            self.supervisor.cancel_all()
             if control is not None:
                 control.close()
             self.metrics.close()
@@ -135,16 +150,27 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         # The data plane is left exactly as it is: a restart must not cut traffic.
         log.info("stopped; equalizers left as they are")
-        return 0
+        return code
+
+    def _start_tick(self, name: str, interval: float, intent: str) -> None:
+        self.supervisor.start(name, lambda: self._tick(interval, intent))
+
+    def _start_reader(self) -> None:
+        # Events may have been lost with a crashed reader: resync, which
+        # starts a new one on a new socket.
+        self.supervisor.start(READER, self._read_events, on_crash=lambda: self._queue.put_nowait(_RESYNC))
+
+    def watchdog_ok(self) -> bool:
+        """Whether to ping the watchdog now: the loop is running (it asks) and
+        the event reader is alive."""
+        return self.supervisor.alive(READER)
 
     async def _resync(self, restart_reader: bool = True) -> None:
         """Full dump and reconcile: at start, after lost events, and now and
         then as a safety net (then the event socket is kept)."""
         if restart_reader:
-            if self._reader is not None:
-                self._reader.cancel()
-            self._reader = asyncio.create_task(self._read_events())
-        self.snap = await self.kernel.dump()
+            self._start_reader()
+        self.snap = await self.kernel.dump(route_tables(self.config))
         # Events queued since the subscription are applied on top: each carries
         # a whole object, so replaying ones the dump already saw is harmless.
         intents = []
@@ -152,14 +178,30 @@ class Daemon:
             if isinstance(item, str):
                 intents.append(item)
             else:
-                apply_event(self.snap, item)
+                self._apply(item)
         for intent in intents:
             self._queue.put_nowait(intent)
         await self.reconcile(None)
 
+    def _apply(self, msg: Any) -> None:
+        """One event into the snapshot; one the edge cannot make sense of is
+        logged and dropped, never allowed to stop the loop."""
+        try:
+            apply_event(self.snap, msg)
+        except Exception as e:  # noqa: BLE001 - malformed input, not a bug of ours to die of
+            self.malformed_events += 1
+            log.warning("netlink event dropped, it cannot be applied: %r (%s)", e,
+                        getattr(msg, "get", lambda _k: None)("event"), extra=fields(event="error", reason=repr(e)))
+
     async def _read_events(self) -> None:
         try:
             async for msg in self.kernel.events():
+                if self._queue.qsize() >= MAX_QUEUED_EVENTS:
+                    self.overflows += 1
+                    log.error("netlink event queue full (%d): treating it as lost events, resyncing",
+                              MAX_QUEUED_EVENTS, extra=fields(event="resync"))
+                    self._queue.put_nowait(_RESYNC)
+                    return
                 self._queue.put_nowait(msg)
         except OSError as e:
             log.error("netlink events lost (%s): resubscribing and resyncing", e, extra=fields(event="resync"))
@@ -170,7 +212,8 @@ class Daemon:
             await asyncio.sleep(interval)
             self._queue.put_nowait(intent)
 
-    async def _loop(self) -> None:
+    async def _loop(self) -> int:
+        """Until told to stop (returns 0) or a task gave up (returns 1)."""
         while True:
             try:
                 first = await asyncio.wait_for(self._queue.get(), self._timeout())
@@ -181,9 +224,20 @@ class Daemon:
             intents = {i for i in items if isinstance(i, str)}
             if _STOP in intents:
                 log.info("stopping on signal")
-                return
+                return 0
+            if _FATAL in intents:
+                return 1
+            if _PING in intents:
+                if self.watchdog_ok():
+                    self.notifier.ping()
+                if len(items) == 1:
+                    continue  # nothing else to do: no reconcile for a ping
             if _RESYNC in intents:
                 self.counters.resyncs += 1
+                # Queued events predate the new subscription: the dump supersedes them.
+                for intent in [i for i in self._take_queued() if isinstance(i, str)]:
+                    self._queue.put_nowait(intent)
+                self.supervisor.cancel(READER)
                 await self.kernel.resubscribe()
                 await self._resync()
             elif _RECONCILE in intents:
@@ -191,7 +245,7 @@ class Daemon:
             else:
                 for msg in items:
                     if not isinstance(msg, str):
-                        apply_event(self.snap, msg)
+                        self._apply(msg)
                 if _REFRESH in intents:
                     for link in await self.kernel.dump_links():
                         self.snap.put_link(link)
@@ -265,7 +319,12 @@ class Daemon:
         set_level(self.log_level or new.daemon.log_level)
         for action in cleanup:
             await self._execute(action, None)
-        await self.reconcile(None)  # also stops the probers of removed slaves and targets
+        if route_tables(new) != route_tables(old):
+            # Only the default routes of the configured tables are dumped: a
+            # new table's must be known before ours may replace one there.
+            await self._resync(restart_reader=False)
+        else:
+            await self.reconcile(None)  # also stops the probers of removed slaves and targets
         # Series of slaves and targets no longer in the file go, rather than
         # being exported frozen forever.
         kept = probed_series(self.core)
@@ -343,6 +402,11 @@ class Daemon:
         delay = BACKOFF_FIRST if old is None else min(old.delay * 2, BACKOFF_MAX)
         self._backoff[action] = _Backoff(self.clock() + delay, delay, str(e))
         self.report.failed(action, e.detail or str(e), delay, first=old is None or old.error != str(e))
+
+
+def route_tables(config: Config) -> frozenset[int]:
+    """The tables whose default routes the core must see (ours and clashes)."""
+    return frozenset(eq.route_table for eq in config.equalizers.values() if eq.default_route)
 
 
 async def run(config: Config, config_path: str | None = None, secure_config: bool = False,

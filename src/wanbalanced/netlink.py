@@ -14,19 +14,22 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from ipaddress import IPv4Interface, IPv4Network
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink import nlmsg
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nlsocket import NetlinkRequest
 from pyroute2.netlink.rtnl import (
+    RTM_GETROUTE,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
     RTMGRP_LINK,
     RTMGRP_TC,
 )
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from .actions import (
     Action,
@@ -39,7 +42,6 @@ from .actions import (
     LinkUp,
     ReplaceDefaultRoute,
     SetRpFilter,
-    sysctl_ifname,
 )
 from .observed import (
     DEFAULT_DST,
@@ -52,9 +54,12 @@ from .observed import (
     Qdisc,
     Route,
     Snapshot,
+    is_teql_name,
 )
+from .nlguard import Counts, GuardedMarshal, Skipped, dump_parser, guard
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TC_H_ROOT = 0xFFFFFFFF
 NLM_F_REPLACE = 0x100
@@ -250,16 +255,23 @@ def expect(snap: Snapshot, action: Action) -> None:
 # -- sysctl (there is no netlink write for it) -----------------------------------
 
 
+def rp_filter_path(name: str, root: str = PROC_CONF) -> str:
+    """The kernel's file for a device's rp_filter. The directory is the device
+    name as it is, dots included (`conf/eth0.100/`): only sysctl(8)'s dotted
+    key syntax writes such a dot as '/' (see actions.sysctl_ifname)."""
+    return os.path.join(root, name, "rp_filter")
+
+
 def read_rp_filter(name: str, root: str = PROC_CONF) -> int | None:
     try:
-        with open(os.path.join(root, sysctl_ifname(name), "rp_filter")) as f:
+        with open(rp_filter_path(name, root)) as f:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
 
 
 def write_rp_filter(name: str, value: int, root: str = PROC_CONF) -> None:
-    with open(os.path.join(root, sysctl_ifname(name), "rp_filter"), "w") as f:
+    with open(rp_filter_path(name, root), "w") as f:
         f.write(f"{value}\n")
 
 
@@ -274,11 +286,23 @@ class Kernel:
         self._requests: AsyncIPRoute | None = None
         self.rcvbuf = rcvbuf
         self.interrupted_dumps = 0
+        self.counts = Counts()  # dropped datagrams and messages, both sockets
+        self.teql: set[int] = set()  # ifindexes of teqlN devices, for the route screen
+        self.strict = False  # strict-checked dumps: the kernel filters route dumps
 
     async def open(self, listen: bool = True) -> None:
         """Open both sockets; bind the listener before any dump so that no change
         between the dump and the subscription is missed."""
-        self._requests = AsyncIPRoute()
+        try:
+            # NETLINK_GET_STRICT_CHK (Linux >= 4.20): the kernel honours the
+            # filters of a route dump (table, output device) instead of
+            # sending every route.
+            self._requests = AsyncIPRoute(strict_check=True)
+            self.strict = True
+        except OSError as e:  # pragma: no cover - kernels before 4.20
+            log.info("no strict netlink checking (%s): route dumps are filtered here, not in the kernel", e)
+            self._requests = AsyncIPRoute()
+        guard(self._requests, GuardedMarshal(self.counts, self.teql), "request")
         if listen:
             await self.resubscribe()
 
@@ -291,7 +315,9 @@ class Kernel:
             self._events.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
         except OSError as e:  # pragma: no cover - best effort
             log.debug("could not raise the netlink receive buffer: %s", e)
-        self._events.marshal.msg_map[RTM_NEWNETCONF] = netconfmsg
+        marshal = GuardedMarshal(self.counts, self.teql)
+        marshal.msg_map[RTM_NEWNETCONF] = netconfmsg
+        guard(self._events, marshal, "event")
         await self._events.bind(groups=GROUPS)
 
     def close(self) -> None:
@@ -305,41 +331,87 @@ class Kernel:
         assert self._requests is not None, "Kernel.open() first"
         return self._requests
 
-    async def _collect(self, what: str, start: Callable[[], Awaitable[AsyncIterator[Msg]]]) -> list[Msg]:
-        """One dump, again if the kernel marks it inconsistent (NLM_F_DUMP_INTR:
-        the table changed while it was being read; pyroute2 does not check)."""
-        msgs: list[Msg] = []
+    async def _collect(self, what: str, start: Callable[[], Awaitable[AsyncIterator[Msg]]],
+                       parse: Callable[[Msg], T | None] = lambda m: m) -> list[T]:
+        """One dump, parsed message by message as it arrives (only what `parse`
+        keeps is held), again if the kernel marks it inconsistent
+        (NLM_F_DUMP_INTR: the table changed while it was read; pyroute2 does
+        not check). A message that does not parse is logged and dropped."""
+        kept: list[T] = []
         for _ in range(DUMP_RETRIES):
-            msgs = [m async for m in await start()]
-            if not any(m["header"].get("flags", 0) & NLM_F_DUMP_INTR for m in msgs):
-                return msgs
+            kept, interrupted = [], False
+            async for m in await start():
+                interrupted |= bool(m["header"].get("flags", 0) & NLM_F_DUMP_INTR)
+                if isinstance(m, Skipped):
+                    continue
+                try:
+                    value = parse(m)
+                except (ValueError, TypeError, KeyError) as e:
+                    self.counts.malformed += 1
+                    log.warning("%s dump: a message does not parse: %r; dropped", what, e)
+                    continue
+                if value is not None:
+                    kept.append(value)
+            if not interrupted:
+                return kept
             self.interrupted_dumps += 1
             log.info("the %s dump was interrupted by a change: dumping again", what)
-        return msgs  # still changing: the events that follow will correct it
+        return kept  # still changing: the events that follow will correct it
 
     async def dump_links(self) -> list[Link]:
         """Every link, with fresh counters (the kernel sends no event for those)."""
-        return [parse_link(m) for m in await self._collect("link", lambda: self._req.link("dump"))]
+        return await self._collect("link", lambda: self._req.link("dump"), parse_link)
 
-    async def dump(self) -> Snapshot:
-        """A full snapshot of what the daemon reasons about."""
+    async def _route_dump(self, table: int = 0, oif: int | None = None) -> AsyncIterator[Msg]:
+        """Start an IPv4 route dump; with strict checking the kernel sends only
+        the routes of `table` (0: all) out of `oif` (None: any). Routes the
+        snapshot would not keep come back as nlguard.Skipped, never decoded."""
+        msg = rtmsg()
+        msg["family"] = socket.AF_INET
+        if self.strict:
+            msg["attrs"] = ([("RTA_TABLE", table)] if table else []) + ([("RTA_OIF", oif)] if oif else [])
+        marshal = self._req.marshal
+        assert isinstance(marshal, GuardedMarshal)
+        request = NetlinkRequest(self._req, msg, msg_type=RTM_GETROUTE, msg_flags=NLM_F_DUMP | NLM_F_REQUEST,
+                                 parser=dump_parser(marshal))
+        await request.send()
+        return request.response()  # type: ignore[no-any-return]
+
+    async def dump_routes(self, route_tables: Collection[int] | None = None) -> list[Route]:
+        """The routes the snapshot keeps: those out of a teqlN device (in any
+        table) and the default routes of `route_tables` (None: of every table).
+        With strict checking the kernel filters, so a full BGP table in
+        another table costs nothing; in a dumped table each unrelated route
+        costs a look at its raw bytes."""
+        if not self.strict or route_tables is None:
+            return await self._collect("route", self._route_dump, parse_route)
+        routes: list[Route] = []
+        for index in sorted(self.teql):
+            routes += await self._collect("route", lambda: self._route_dump(oif=index), parse_route)
+        for table in sorted(route_tables):
+            try:
+                routes += await self._collect("route", lambda: self._route_dump(table=table), parse_route)
+            except NetlinkError as e:
+                if e.code != errno.ENOENT:  # the table does not exist (yet): no route in it
+                    raise
+        return routes
+
+    async def dump(self, route_tables: Collection[int] | None = None) -> Snapshot:
+        """A full snapshot of what the daemon reasons about; see dump_routes
+        for `route_tables`."""
         r = self._req
         snap = Snapshot()
-        for msg in await self._collect("link", lambda: r.link("dump")):
-            link = parse_link(msg)
+        for link in await self._collect("link", lambda: r.link("dump"), parse_link):
             snap.put_link(dataclasses.replace(link, rp_filter=read_rp_filter(link.name)))
-        for msg in await self._collect("qdisc", lambda: r.get_qdiscs()):
-            parsed = parse_root_qdisc(msg)
-            if parsed is not None:
-                snap.put_qdisc(*parsed)
-        for msg in await self._collect("address", lambda: r.addr("dump", family=socket.AF_INET)):
-            address = parse_address(msg)
-            if address is not None:
-                snap.put_address(address)
-        for msg in await self._collect("route", lambda: r.route("dump", family=socket.AF_INET)):
-            route = parse_route(msg)
-            if route is not None:
-                snap.put_route(route)
+        self.teql.clear()
+        self.teql.update(i for i, link in snap.links.items() if is_teql_name(link.name))
+        for index, qdisc in await self._collect("qdisc", lambda: r.get_qdiscs(), parse_root_qdisc):
+            snap.put_qdisc(index, qdisc)
+        for address in await self._collect("address", lambda: r.addr("dump", family=socket.AF_INET),
+                                           parse_address):
+            snap.put_address(address)
+        for route in await self.dump_routes(route_tables):
+            snap.put_route(route)
         snap.all_rp_filter = read_rp_filter("all")
         return snap
 

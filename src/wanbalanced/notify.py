@@ -1,8 +1,8 @@
 """sd_notify: readiness, status, reload and the watchdog.
 
-Without NOTIFY_SOCKET (not under systemd) every call is a no-op. The watchdog
-is pinged from a task on the event loop itself, so a hung loop stops pinging
-and systemd kills and restarts the daemon.
+Without NOTIFY_SOCKET (not under systemd) every call is a no-op. The daemon
+loop pings the watchdog itself (see daemon.Daemon.watchdog_ok), so a hung
+loop or a dead event reader stops the pings and systemd restarts the daemon.
 
 The datagrams are sent by our own small sender, not systemd-python's
 `notify()`: that one (libsystemd's sd_notify) makes a blocking `sendmsg`,
@@ -173,13 +173,8 @@ class Notifier:
         return int(usec) / 2e6
 
     def ping(self) -> None:
-        """One watchdog ping."""
+        """One watchdog ping (the daemon loop decides when: daemon.Daemon.watchdog_ok)."""
         self._send("WATCHDOG=1")
-
-    async def watchdog(self, interval: float) -> None:
-        while True:
-            self.ping()
-            await asyncio.sleep(interval)
 
 
 def _status_only(message: str) -> bool:

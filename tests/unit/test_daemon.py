@@ -54,7 +54,7 @@ class FakeKernel:
     def close(self) -> None:
         pass
 
-    async def dump(self) -> Snapshot:
+    async def dump(self, route_tables: object = None) -> Snapshot:
         self.dumps += 1
         return copy.deepcopy(self.truth)
 
@@ -296,3 +296,79 @@ async def test_reload_prunes_the_series_of_removed_slaves_and_targets(
     kept = 'wanbalanced_probe_rtt_seconds_count{slave="wan0",target="192.0.2.1"} 1.0'
     assert kept in after and 'wanbalanced_probe_sent_total{slave="wan0",target="192.0.2.1"} 1.0' in after
     assert await stop(task) == 0
+
+
+# -- malformed input, supervision, watchdog ---------------------------------------------
+
+
+@run_async
+async def test_an_event_that_cannot_be_applied_is_dropped_and_the_loop_goes_on() -> None:
+    from messages import route_msg
+    kernel = FakeKernel(fresh())
+    d, task = await start(kernel)
+    # A route out of teql0 with host bits set (10.0.0.1/24): no kernel sends
+    # one; parse_route raises ValueError on it.
+    kernel.events_in.put_nowait(route_msg("RTM_NEWROUTE", 2, dst="10.0.0.1", dst_len=24))
+    kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 10, "wan0", carrier=False))
+    await until(lambda: "tc qdisc del dev wan0 root teql0" in kernel.executed)
+    assert d.malformed_events == 1 and not task.done()
+    assert await stop(task) == 0
+
+
+@run_async
+async def test_a_crashing_reader_resyncs_then_the_daemon_exits_nonzero() -> None:
+    kernel = FakeKernel(fresh())
+    d, task = await start(kernel)
+    kernel.events_in.put_nowait(RuntimeError("decoder bug"))
+    await until(lambda: kernel.resubscribed == 1 and kernel.dumps == 2)
+    kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 10, "wan0", carrier=False))
+    await until(lambda: "tc qdisc del dev wan0 root teql0" in kernel.executed)
+    # Crashing over and over: give up, for systemd to restart the daemon.
+    for _ in range(d.supervisor.budget):
+        kernel.events_in.put_nowait(RuntimeError("decoder bug"))
+    assert await asyncio.wait_for(task, 2.0) == 1
+    assert d.supervisor.fatal == daemon_mod.READER
+
+
+class PingRecorder(daemon_mod.Notifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pings = 0
+
+    def watchdog_interval(self) -> float | None:
+        return 0.001
+
+    def ping(self) -> None:
+        self.pings += 1
+
+
+@run_async
+async def test_watchdog_pings_only_while_the_loop_and_the_reader_live() -> None:
+    kernel = FakeKernel(fresh())
+    notifier = PingRecorder()
+    d = Daemon(config(DAEMON_CONFIG), kernel, notifier=notifier)  # type: ignore[arg-type]
+    task = asyncio.create_task(d.run())
+    await until(lambda: notifier.pings >= 3)
+    # The reader dies: the loop runs but must not ping.
+    d.supervisor.cancel(daemon_mod.READER)
+    assert not d.watchdog_ok()
+    before = notifier.pings
+    await until(lambda: sum(1 for i in list(d._queue._queue) if i == "ping") == 0)  # type: ignore[attr-defined]
+    d._queue.put_nowait("ping")
+    await until(lambda: d._queue.empty())
+    assert notifier.pings == before
+    # A loop stuck in a kernel request: the ticks keep coming, no ping goes out.
+    d._start_reader()
+    hung = asyncio.Event()
+
+    async def hang(action: Action) -> None:
+        hung.set()
+        await asyncio.Event().wait()
+
+    kernel.execute = hang  # type: ignore[method-assign]
+    kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 10, "wan0", carrier=False))
+    await asyncio.wait_for(hung.wait(), 2)
+    stuck_at = notifier.pings
+    await until(lambda: d._queue.qsize() >= 5)
+    assert notifier.pings == stuck_at
+    task.cancel()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from messages import link_msg, qdisc_msg, route_msg
 
-from wanbalanced.actions import Attach, DeleteDefaultRoute, Detach, LinkUp, ReplaceDefaultRoute
+from wanbalanced.actions import Attach, DeleteDefaultRoute, Detach, LinkUp, ReplaceDefaultRoute, SetRpFilter
 from wanbalanced.netlink import apply_event, expect, parse_link, read_rp_filter, write_rp_filter
 from wanbalanced.observed import IFF_LOWER_UP, IFF_UP, DEFAULT_DST, Qdisc, Route, Snapshot
 
@@ -86,12 +86,21 @@ def test_expect_applies_known_effects() -> None:
 
 
 def test_rp_filter_roundtrip_and_dotted_names(tmp_path: Path) -> None:
-    (tmp_path / "eth0/100").mkdir(parents=True)
-    (tmp_path / "eth0/100/rp_filter").write_text("2\n")
+    # The kernel's directory for VLAN eth0.100 is conf/eth0.100/, dot and all;
+    # the '/' form is only sysctl(8)'s key syntax.
+    (tmp_path / "eth0.100").mkdir()
+    (tmp_path / "eth0.100/rp_filter").write_text("2\n")
     assert read_rp_filter("eth0.100", str(tmp_path)) == 2
     write_rp_filter("eth0.100", 0, str(tmp_path))
+    assert (tmp_path / "eth0.100/rp_filter").read_text() == "0\n"
     assert read_rp_filter("eth0.100", str(tmp_path)) == 0
+    assert not (tmp_path / "eth0").exists(), "nothing written under the sysctl(8) key form"
     assert read_rp_filter("nosuch", str(tmp_path)) is None
+
+
+def test_rp_filter_command_keeps_the_sysctl_key_form() -> None:
+    # For the log and `plan`: sysctl(8) needs the '/' form in a dotted key.
+    assert SetRpFilter("r", "eth0.100", 7, 0).command() == "sysctl -w net.ipv4.conf.eth0/100.rp_filter=0"
 
 
 def test_interrupted_dumps_are_retried() -> None:
