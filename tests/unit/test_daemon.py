@@ -43,6 +43,7 @@ class FakeKernel:
         self.executed: list[str] = []
         self.failures: dict[str, list[int]] = {}  # command -> errnos to raise, in turn
         self.dumps = 0
+        self.dumped_tables: list[object] = []
         self.resubscribed = 0
 
     async def open(self, listen: bool = True) -> None:
@@ -56,6 +57,7 @@ class FakeKernel:
 
     async def dump(self, route_tables: object = None) -> Snapshot:
         self.dumps += 1
+        self.dumped_tables.append(route_tables)
         return copy.deepcopy(self.truth)
 
     async def events(self) -> AsyncIterator[Msg]:
@@ -156,6 +158,22 @@ async def test_event_loss_resubscribes_and_resyncs_from_a_dump() -> None:
 
 
 @run_async
+async def test_a_full_event_queue_is_event_loss_and_resyncs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon_mod, "MAX_QUEUED_EVENTS", 5)
+    kernel = FakeKernel(fresh())
+    d, task = await start(kernel)
+    # A burst the loop cannot take in time (the reader queues without
+    # yielding while events are ready): the queue never grows past its bound,
+    # and what the burst meant is learnt from a dump instead.
+    kernel.truth.put_link(slave(11, "wan1", carrier=False, teql="teql0"))
+    for _ in range(8):
+        kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 10, "wan0", carrier=True))
+    await until(lambda: "tc qdisc del dev wan1 root teql0" in kernel.executed)
+    assert d.overflows == 1 and kernel.resubscribed == 1 and d.counters.resyncs == 1
+    assert await stop(task) == 0
+
+
+@run_async
 async def test_deleted_device_race_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
     kernel = FakeKernel(fresh())
     d, task = await start(kernel)
@@ -191,6 +209,24 @@ async def test_sighup_reload_applies_a_good_file_and_keeps_the_old_on_a_bad_one(
     assert "reload failed, keeping the running configuration: equalizers.teql0.slaves" in caplog.text
     assert d.config.equalizers["teql0"].slaves == ("wan0",)
     assert not task.done()
+    assert await stop(task) == 0
+
+
+@run_async
+async def test_a_reload_to_another_route_table_dumps_that_table_first(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(DAEMON_CONFIG)
+    kernel = FakeKernel(fresh())
+    d, task = await start(kernel, str(path))
+    assert kernel.dumps == 1
+    kernel.executed.clear()
+    # Only the default routes of the configured tables are dumped: table 200's
+    # must be known (a clash there) before ours may go into it.
+    path.write_text(DAEMON_CONFIG.replace('rp_filter = 0', 'rp_filter = 0\nroute_table = 200'))
+    os.kill(os.getpid(), signal.SIGHUP)
+    await until(lambda: any("table 200" in c for c in kernel.executed))
+    assert kernel.dumps == 2 and 200 in kernel.dumped_tables[-1]  # type: ignore[operator]
+    assert d.status is not None and d.status.reload_successful
     assert await stop(task) == 0
 
 
