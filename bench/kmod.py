@@ -9,10 +9,7 @@ init.sh does it: ``insmod`` by path, dependencies first, from ``modules.dep``.
 
 from __future__ import annotations
 
-import glob
-import os
-import subprocess
-from pathlib import Path
+from lab.topo import load_module
 
 #: name -> (path under the modules directory, parameters)
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -27,42 +24,11 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def modules_dir() -> Path:
-    roots = [os.environ.get("WB_MODULES_DIR", ""), f"/usr/lib/uml/modules/{os.uname().release}",
-             *sorted(glob.glob("/usr/lib/uml/modules/*"))]
-    for root in roots:
-        if root and (Path(root) / "modules.dep").is_file():
-            return Path(root)
-    raise FileNotFoundError("no UML modules directory with modules.dep")
-
-
-def _loaded(rel: str) -> bool:
-    return os.path.isdir("/sys/module/" + Path(rel).name.removesuffix(".ko").replace("-", "_"))
-
-
-def _insmod(root: Path, rel: str, params: tuple[str, ...] = ()) -> None:
-    if _loaded(rel):
-        return
-    proc = subprocess.run(["insmod", str(root / rel), *params], capture_output=True, text=True, check=False)
-    if proc.returncode != 0 and not _loaded(rel):
-        raise OSError(f"insmod {rel}: {proc.stderr.strip()}")
-
-
 def load(name: str) -> str | None:
     """Load module ``name`` and its dependencies; None, or why it failed."""
     rel, params = MODULES[name]
     try:
-        root = modules_dir()
-        deps: list[str] = []
-        with open(root / "modules.dep") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key == rel:
-                    deps = value.split()
-                    break
-        for dep in reversed(deps):  # like modprobe: the end of the list first
-            _insmod(root, dep)
-        _insmod(root, rel, params)
+        load_module(rel, *params)
     except OSError as e:
         return str(e)
     return None

@@ -8,6 +8,7 @@
 #   WB_JOB               path of the job script (run with sh); required
 #   WB_MAX_EQUALIZERS    max_equalizers for sch_teql (default 2)
 #   WB_KEEP              the checkout: kept visible even under /tmp or /run
+#   WB_MODULES_DIR       the running kernel's modules directory
 #
 # Contract with the host: the job's exit status is written to
 # "$(dirname "$WB_JOB")/rc" and the guest powers off.  Whatever fails here, we
@@ -75,16 +76,15 @@ hostname lab 2>/dev/null
 
 ip link set lo up 2>/dev/null || log "lo up failed"
 
-# Modules of the running UML kernel (the Debian package keeps them outside
-# /lib/modules so they do not clash with the host's).  Paths in modules.dep
-# are relative to this directory ("kernel/net/sched/sch_teql.ko: deps...").
+# Modules of the running UML kernel: the host side (lab/kernel.py) names
+# their directory on the kernel command line, WB_MODULES_DIR (the packaged
+# kernel's are in /usr/lib/uml/modules/<release>, outside /lib/modules so
+# they do not clash with the host's; a fetched kernel's under .lab/kernels).
+# Never another release's: they would not load.  Paths in modules.dep are
+# relative to this directory ("kernel/net/sched/sch_teql.ko: deps...").
 kver="$(uname -r)"
 mroot="${WB_MODULES_DIR:-/usr/lib/uml/modules/$kver}"
-if [ ! -f "$mroot/modules.dep" ]; then
-    for d in /usr/lib/uml/modules/*/; do
-        [ -f "${d}modules.dep" ] && mroot="${d%/}" && break
-    done
-fi
+[ -f "$mroot/modules.dep" ] || log "no modules.dep in $mroot (kernel $kver)"
 WB_MODULES_DIR="$mroot"
 export WB_MODULES_DIR
 

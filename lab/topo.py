@@ -47,7 +47,6 @@ teql then skips wanN.  The VRF route on B dies with the far end, so
 
 from __future__ import annotations
 
-import glob
 import ipaddress
 import json
 import os
@@ -101,7 +100,6 @@ LOCAL_PREFIX = "10.0.0.0/31"
 MASTER = "teql0"
 VRF_TABLE_BASE = 100
 
-_MOD_GLOB = "/usr/lib/uml/modules/*/"
 _TEQL_REL = "kernel/net/sched/sch_teql.ko"
 
 
@@ -371,19 +369,49 @@ def wait_until(
 # the sch_teql module
 
 
+def modules_dir() -> Path:
+    """The running guest kernel's modules directory: the one the lab told it
+    (``WB_MODULES_DIR``, see lab/kernel.py), else the packaged kernel's for
+    this release. Never another release's: its modules would not load."""
+    for root in (os.environ.get("WB_MODULES_DIR", ""), f"/usr/lib/uml/modules/{os.uname().release}"):
+        if root and (Path(root) / "modules.dep").is_file():
+            return Path(root)
+    raise FileNotFoundError(f"no modules directory for kernel {os.uname().release} (WB_MODULES_DIR unset)")
+
+
 def teql_ko() -> str:
     """Path of the running UML kernel's sch_teql.ko (like init.sh finds it)."""
-    roots: list[str] = []
-    env_root = os.environ.get("WB_MODULES_DIR")
-    if env_root:
-        roots.append(env_root)
-    roots.append(f"/usr/lib/uml/modules/{os.uname().release}")
-    roots.extend(sorted(glob.glob(_MOD_GLOB)))
-    for root in roots:
-        ko = Path(root) / _TEQL_REL
-        if ko.is_file():
-            return str(ko)
-    raise FileNotFoundError(f"sch_teql.ko not found under {roots}")
+    ko = modules_dir() / _TEQL_REL
+    if not ko.is_file():
+        raise FileNotFoundError(f"{ko} not found")
+    return str(ko)
+
+
+def _module_loaded(rel: str) -> bool:
+    return os.path.isdir("/sys/module/" + Path(rel).name.removesuffix(".ko").replace("-", "_"))
+
+
+def load_module(rel: str, *params: str) -> None:
+    """insmod ``rel`` (e.g. ``kernel/net/8021q/8021q.ko``) of the running
+    kernel, its dependencies first as modules.dep lists them (modprobe loads
+    that list from its end); a loaded module is left as it is. Raises
+    OSError with insmod's message."""
+    root = modules_dir()
+    deps: list[str] = []
+    with open(root / "modules.dep") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == rel:
+                deps = value.split()
+                break
+        else:
+            raise OSError(f"{rel} is not a module of kernel {os.uname().release} ({root})")
+    for one, args in [*((d, ()) for d in reversed(deps)), (rel, params)]:
+        if _module_loaded(one):
+            continue
+        proc = run("insmod", str(root / one), *args, check=False)
+        if proc.returncode != 0 and not _module_loaded(one):
+            raise OSError(f"insmod {one}: {proc.stderr.strip()}")
 
 
 def teql_loaded() -> bool:

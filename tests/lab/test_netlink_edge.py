@@ -12,7 +12,7 @@ import time
 import pytest
 
 from lab.daemon import Wanbalanced
-from lab.topo import NS, Lab, batch, ip, rp_filter, run, set_rp_filter
+from lab.topo import NS, Lab, batch, ip, load_module, rp_filter, run, set_rp_filter
 
 VLAN = "wan0.100"
 VLAN_FAR = "wan0p.100"
@@ -29,15 +29,8 @@ rp_filter = 0
 
 
 def _load_8021q() -> None:
-    root = f"/usr/lib/uml/modules/{os.uname().release}/kernel/net"
-    # insmod does not resolve dependencies: load them first, in order.
-    for module, rel in (("llc", "llc/llc.ko"), ("stp", "802/stp.ko"), ("garp", "802/garp.ko"),
-                        ("mrp", "802/mrp.ko"), ("8021q", "8021q/8021q.ko")):
-        if os.path.isdir(f"/sys/module/{module}"):
-            continue
-        if not os.path.isfile(f"{root}/{rel}"):
-            pytest.skip(f"no {module} module in the guest ({root}/{rel})")
-        run("insmod", f"{root}/{rel}")
+    # With llc, stp, garp and mrp first (modules.dep), like modprobe.
+    load_module("kernel/net/8021q/8021q.ko")
 
 
 def _make_vlan_line() -> None:
