@@ -231,7 +231,7 @@ def choose(
 
 
 def _no_kernel_message(spec: str, tried: Sequence[str]) -> str:
-    lines = [f"lab: no UML kernel boots on this host ({SPEC_ENV}={spec}). Tried:"]
+    lines = [f"no UML kernel boots on this host ({SPEC_ENV}={spec}). Tried:"]
     lines += [f"  - {t}" for t in tried]
     lines += [
         "What to do: install Debian's user-mode-linux (apt-get install user-mode-linux kmod),",
