@@ -1,17 +1,16 @@
-"""The pure core: configuration + observed kernel state -> actions.
+"""The pure core, the planner: configuration + observed kernel state -> actions.
 
-`Core.observe` turns what the kernel shows into slave events and runs them
-through each slave's state machine; `Core.plan` compares what the states and
-the configuration want with what the kernel holds and lists the actions that
-close the gap, in a safe order, plus the faults an operator must fix. Nothing
-here does I/O or reads a clock.
+`Core.observe` hands what the kernel shows to each slave's book (`slave.py`,
+which owns the slave's whole life) and notes devices renamed away from the
+configuration; `Core.plan` compares what the states and the configuration want
+with what the kernel holds and lists the actions that close the gap, in a safe
+order, plus the faults an operator must fix. Nothing here does I/O or reads a
+clock.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno as errnos
-import os
 from dataclasses import dataclass
 
 from .actions import (
@@ -26,22 +25,16 @@ from .actions import (
     ReplaceDefaultRoute,
     SetRpFilter,
 )
-from .config import Config, EqualizerConfig, ProbeConfig, SlaveConfig
-from .health import Damping, Verdict
+from .config import Config, EqualizerConfig, ProbeConfig
 from .observed import (
     IFA_F_NOPREFIXROUTE,
-    IFF_BROADCAST,
-    IFF_MULTICAST,
-    IFF_POINTOPOINT,
     RT_SCOPE_LINK,
     RT_TABLE_MAIN,
     RTPROT_KERNEL,
     Link,
     Snapshot,
 )
-from .slave import TRANSITIONS, WANTS_ATTACHED, Event, SlaveMachine, State, Transition
-
-_FLAGS = IFF_BROADCAST | IFF_POINTOPOINT | IFF_MULTICAST
+from .slave import SlaveBook, SlaveMachine, State, Transition, next_deadline
 
 
 @dataclass(frozen=True)
@@ -73,61 +66,6 @@ class Plan:
         return not self.actions
 
 
-class SlaveBook:
-    """Everything the core keeps about one slave: its machine, its settings,
-    its probe verdict and its flap penalty."""
-
-    def __init__(self, machine: SlaveMachine, settings: SlaveConfig, honour_delays: bool) -> None:
-        self.machine = machine
-        self.honour_delays = honour_delays
-        self.verdict: Verdict | None = None
-        self.configure(settings)
-
-    def configure(self, settings: SlaveConfig) -> None:
-        """(Re)apply settings; the state, verdict and penalty carry over."""
-        self.settings = settings
-        self.up_delay = settings.up_delay if self.honour_delays else 0.0
-        self.down_delay = settings.down_delay if self.honour_delays else 0.0
-        probe = settings.probe
-        if probe is None:
-            self.verdict = None
-        elif self.verdict is None:
-            self.verdict = Verdict(probe.down_after, probe.up_after, good=False)
-        else:
-            self.verdict.down_after, self.verdict.up_after = probe.down_after, probe.up_after
-        old = getattr(self, "damping", None)
-        self.damping = Damping(settings.damping)
-        if old is not None:
-            self.damping.penalty, self.damping.at, self.damping.suppressed = old.penalty, old.at, old.suppressed
-
-    @property
-    def healthy(self) -> bool:
-        """The probe verdict; a slave without probes is judged by carrier alone."""
-        return self.verdict is None or self.verdict.good or not self.honour_delays
-
-    def unproven(self) -> None:
-        if self.verdict is not None:
-            self.verdict.reset(good=False)
-
-    def proven(self) -> None:
-        if self.verdict is not None:
-            self.verdict.reset(good=True)
-
-    def probe_reason(self, good: bool) -> str:
-        probe = self.settings.probe
-        if probe is None:
-            return "no probes"
-        if good:
-            return f"{probe.up_after} good probe rounds in a row"
-        return f"{probe.down_after} failed probe rounds in a row (far side dead?)"
-
-    def hold_reason(self, now: float) -> str:
-        reuse = self.damping.reuse_at()
-        hold = f"held down for {reuse - now:.0f}s" if reuse is not None else "held down"
-        return (f"flapping: penalty {self.damping.value(now):.0f} reached {self.settings.damping.suppress:g}; "
-                + hold)
-
-
 class Core:
     """Desired state for every configured equalizer and slave."""
 
@@ -137,7 +75,6 @@ class Core:
         # What was wanted when the kernel last matched it (see settle()).
         self.settled: dict[tuple[str, str], object] | None = None
         self.slaves: dict[str, SlaveBook] = {}
-        self._index: dict[str, int | None] = {}
         # Devices that left the configuration under our feet (renamed, e.g.
         # wan0 -> old0) while still attached: ifindex -> (equalizer, old name).
         # The kernel keeps the qdisc across a rename, so they are detached.
@@ -145,7 +82,6 @@ class Core:
         for eq in config.equalizers.values():
             for name in eq.slaves:
                 self.slaves[name] = SlaveBook(SlaveMachine(name, now), config.slave(name), honour_delays)
-                self._index[name] = None
 
     @property
     def machines(self) -> dict[str, SlaveMachine]:
@@ -168,7 +104,6 @@ class Core:
                 book = self.slaves.get(name)
                 if book is None or old.equalizer_of(name) != eq_name:
                     book = SlaveBook(SlaveMachine(name, now), new.slave(name), self.honour_delays)
-                    self._index[name] = None
                 else:
                     book.configure(new.slave(name))
                 books[name] = book
@@ -193,7 +128,6 @@ class Core:
                        for r in snap.default_routes(before.route_table)):
                     cleanup.append(DeleteDefaultRoute("default route changed in the configuration", eq_name,
                                                       master.index, before.route_metric, before.route_table))
-        self._index = {n: self._index.get(n) for n in books}
         self.slaves = books
         self.config = new
         self.settled = None  # what is wanted changed on purpose: nothing is drift
@@ -206,7 +140,9 @@ class Core:
         out: list[Transition] = []
         for eq_name, eq in self.config.equalizers.items():
             for name in eq.slaves:
-                out.extend(self._observe_slave(eq_name, name, snap, now))
+                link = snap.link(name)
+                self._note_rename(eq_name, name, link, snap)
+                out.extend(self.slaves[name].observe(eq_name, link, snap, now))
         self._prune_orphans(snap)
         return out
 
@@ -218,127 +154,31 @@ class Core:
             if link is None or not link.attached_to(eq_name) or self.config.equalizer_of(link.name) is not None:
                 del self.orphans[index]
 
-    def _observe_slave(self, eq_name: str, name: str, snap: Snapshot, now: float) -> list[Transition]:
-        book = self.slaves[name]
-        link = snap.link(name)
-        out: list[Transition] = []
-        old_index, self._index[name] = self._index[name], link.index if link is not None else None
+    def _note_rename(self, eq_name: str, name: str, link: Link | None, snap: Snapshot) -> None:
+        """A slave's device under another name, still attached, becomes an orphan."""
+        old_index = self.slaves[name].index
         if old_index is not None and (link is None or link.index != old_index):
             moved = snap.links.get(old_index)
             if moved is not None and moved.name != name and moved.attached_to(eq_name):
                 # Renamed: the same device under a name we do not manage.
                 self.orphans[old_index] = (eq_name, name)
-        if (link is not None and book.machine.state is not State.ABSENT
-                and old_index is not None and old_index != link.index):
-            # Deleted and created again under the same name (pppd redial) while
-            # we were not looking: the new device has no qdisc and fresh sysctls.
-            out.append(self._apply(book, Event.VANISHED,
-                                   f"interface recreated (ifindex {old_index} -> {link.index})", now))
-        # Several steps may follow at once (appeared -> up_delay -> up with a
-        # zero delay); the table bounds them, this only guards against a loop.
-        for _ in range(len(State) + 2):
-            step = self._next_event(eq_name, book, link, snap, now)
-            if step is None:
-                break
-            out.append(self._apply(book, *step, now=now))
-        return out
-
-    def _next_event(
-        self, eq_name: str, book: SlaveBook, link: Link | None, snap: Snapshot, now: float
-    ) -> tuple[Event, str] | None:
-        """The one event the observed conditions imply now, if any."""
-        m = book.machine
-        st = m.state
-        if link is None:
-            return (Event.VANISHED, "interface deleted") if st is not State.ABSENT else None
-        carrier = link.has_carrier
-        if st is State.ABSENT:
-            if link.attached_to(eq_name):
-                return Event.ADOPTED, f"found attached to {eq_name}"
-            if carrier:
-                return Event.CARRIER_BACK, "appeared with carrier"
-            return Event.CARRIER_LOST, f"appeared {_why_down(link)}"
-        if st is State.HELD_DOWN:
-            if not book.damping.check(now):
-                return Event.REUSE, f"flap penalty decayed below {book.settings.damping.reuse:g}"
-            return None
-        if st in (State.DOWN, State.UP_DELAY, State.PROBING, State.FAILED) and book.damping.check(now):
-            return Event.SUPPRESSED, book.hold_reason(now)
-        if carrier and st in (State.DOWN, State.DOWN_DELAY):
-            return Event.CARRIER_BACK, "carrier returned"
-        if not carrier and st in (State.UP_DELAY, State.PROBING, State.UP, State.FAILED, State.REFUSED):
-            return Event.CARRIER_LOST, _why_down(link, "carrier lost")
-        expired = m.deadline is not None and now >= m.deadline
-        if st is State.UP_DELAY and expired:
-            why = f"carrier up for {book.up_delay:g}s" if book.up_delay else m.reason
-            if book.healthy:
-                return Event.TIMER, why
-            return Event.AWAIT_PROBES, f"{why}; waiting for {book.settings.probe.up_after if book.settings.probe else 0}" \
-                                       " good probe rounds"
-        if st is State.DOWN_DELAY and expired:
-            return Event.TIMER, f"carrier down for {book.down_delay:g}s" if book.down_delay else m.reason
-        if st in (State.PROBING, State.FAILED) and book.healthy:
-            return Event.PROBE_OK, book.probe_reason(good=True)
-        if st is State.UP and not book.healthy:
-            return Event.PROBE_FAILED, book.probe_reason(good=False)
-        if st is State.REFUSED and m.refused_on != _refusal_context(eq_name, link, snap):
-            return Event.RETRY, "the slave or its equalizer changed since the refusal"
-        return None
-
-    def _apply(self, book: SlaveBook, event: Event, reason: str, now: float) -> Transition:
-        """Run one event through the table, then keep the books: deadlines,
-        the probe verdict and the flap penalty."""
-        m = book.machine
-        new = TRANSITIONS.get((m.state, event))  # handle() refuses an illegal one
-        deadline = None
-        if new is State.UP_DELAY:
-            deadline = now + book.up_delay
-        elif new is State.DOWN_DELAY:
-            deadline = now + book.down_delay
-        t = m.handle(event, now, reason, deadline)
-        if t.new in (State.UP_DELAY, State.DOWN, State.ABSENT):
-            book.unproven()  # a line coming back must prove itself again
-        elif event is Event.ADOPTED:
-            book.proven()  # found working: keep it unless probes fail
-        if t.old in WANTS_ATTACHED and t.new in (State.DOWN, State.FAILED, State.ABSENT):
-            book.damping.flap(now)
-        if t.new is State.HELD_DOWN:
-            m.deadline = book.damping.reuse_at()
-        return t
 
     def probe_round(self, name: str, ok: bool) -> bool:
         """Count one probe round of a slave; True when its verdict flipped (the
         caller should then reconcile)."""
         book = self.slaves.get(name)
-        return book is not None and book.verdict is not None and book.verdict.record(ok)
+        return book is not None and book.probe_round(ok)
 
     def probe_settings(self, name: str, snap: Snapshot) -> ProbeConfig | None:
-        """The probes that should run on a slave now: while it exists with
-        carrier and may still be, or become, attached."""
-        book = self.slaves[name]
-        link = snap.link(name)
-        if book.settings.probe is None or link is None or not link.has_carrier:
-            return None
-        if book.machine.state in (State.ABSENT, State.DOWN, State.REFUSED):
-            return None
-        return book.settings.probe
+        """The probes that should run on a slave now (see SlaveBook.probe_settings)."""
+        return self.slaves[name].probe_settings(snap.link(name))
 
     def refused(self, action: Attach, error: int, snap: Snapshot, now: float) -> tuple[Transition | None, str]:
-        """Record that the kernel refused an attach; return the transition and
-        a one-line diagnosis naming the cause and the fix."""
-        m = self.slaves[action.slave].machine
-        link = snap.link(action.slave)
-        master = snap.link(action.equalizer)
-        message = diagnose_refusal(action.equalizer, link, master, error)
-        transition = None
-        if m.state is State.UP and link is not None:
-            transition = m.handle(Event.REFUSED, now, message)
-            m.refused_on = _refusal_context(action.equalizer, link, snap)
-        return transition, message
+        """Record that the kernel refused an attach (see SlaveBook.refused)."""
+        return self.slaves[action.slave].refused(action.equalizer, error, snap, now)
 
     def next_deadline(self) -> float | None:
-        deadlines = [b.machine.deadline for b in self.slaves.values() if b.machine.deadline is not None]
-        return min(deadlines, default=None)
+        return next_deadline(self.slaves.values())
 
     # -- planning ---------------------------------------------------------------
 
@@ -529,48 +369,7 @@ def _drift(action: Action, snap: Snapshot) -> str:
     return f"{action.kind} of {action.device} changed"
 
 
-def _why_down(link: Link, no_carrier: str = "without carrier") -> str:
-    return no_carrier if link.admin_up else "administratively down"
-
-
 def _rp_reason(link: Link) -> str:
     if link.rp_filter is None:
         return "rp_filter unknown"
     return f"rp_filter is {link.rp_filter}"
-
-
-def _refusal_context(eq_name: str, link: Link, snap: Snapshot) -> object:
-    """What the kernel's verdict on an attach depends on (sch_teql.c,
-    teql_qdisc_init): the slave's and the master's MTU and flags, whether the
-    master is up, and whether it already has slaves."""
-    master = snap.link(eq_name)
-    others = sum(1 for l in snap.links.values() if l.attached_to(eq_name) and l.index != link.index)
-    mstate = None if master is None else (master.mtu, master.flags & _FLAGS, master.admin_up)
-    return (link.mtu, link.flags & _FLAGS, mstate, others)
-
-
-def diagnose_refusal(eq_name: str, link: Link | None, master: Link | None, error: int) -> str:
-    """Explain a refused `tc qdisc add dev SLAVE root teqlN` in one line."""
-    slave = link.name if link is not None else "slave"
-    if error == errnos.ENOENT and master is None:
-        return f"{slave}: {eq_name} does not exist (is sch_teql loaded with enough max_equalizers?)"
-    if error == errnos.ENOENT:
-        return f"{slave}: the kernel does not know the qdisc {eq_name}: load sch_teql (modprobe sch_teql)"
-    if error == errnos.EINVAL and link is not None and master is not None:
-        if link.mtu < master.mtu:
-            return (
-                f"{slave}: {eq_name} refused the slave (EINVAL): its MTU {link.mtu} is below {eq_name}'s "
-                f"{master.mtu}; fix: ip link set {slave} mtu {master.mtu} (or lower every slave's MTU)"
-            )
-        for flag, label in ((IFF_POINTOPOINT, "POINTOPOINT"), (IFF_BROADCAST, "BROADCAST"), (IFF_MULTICAST, "MULTICAST")):
-            if master.flags & flag and not link.flags & flag:
-                return (
-                    f"{slave}: {eq_name} refused the slave (EINVAL): {eq_name} is {label} and {slave} is not; "
-                    f"teql bundles only like links while it is up: fix the link type, or detach every slave "
-                    f"and set {eq_name} down so it takes the new mix of flags"
-                )
-        return (
-            f"{slave}: {eq_name} refused the slave (EINVAL): its link-layer header is longer than "
-            f"{eq_name} supports; this interface type cannot be a teql slave"
-        )
-    return f"{slave}: attaching to {eq_name} failed: {os.strerror(error)} (errno {error})"
