@@ -11,7 +11,7 @@ clock.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .actions import (
     Action,
@@ -51,6 +51,33 @@ class Fault:
     @property
     def key(self) -> str:
         return f"{self.kind}:{self.device}"
+
+
+@dataclass
+class _Equalizer:
+    """One equalizer during a planning pass; the planners fill in, in turn,
+    what the later ones depend on."""
+
+    name: str
+    config: EqualizerConfig
+    snap: Snapshot
+    slaves: dict[str, Link | None]
+    master: Link | None
+    wanted: bool = False  # some existing slave wants to be attached
+    attached: set[str] = field(default_factory=set)  # once the planned actions are done
+    master_up: bool = False
+    going_up: bool = False  # the plan sets the master up
+
+
+@dataclass
+class _Pass:
+    """What one planning pass produces: actions, faults, and what is wanted of
+    each managed property (values include ifindexes: a recreated device is
+    not drift)."""
+
+    actions: list[Action] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    wants: dict[tuple[str, str], object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -185,17 +212,13 @@ class Core:
     def plan(self, snap: Snapshot) -> Plan:
         """The actions that bring the kernel to the desired state, in order:
         sysctls, then slaves, then the equalizer device, address and routes."""
-        actions: list[Action] = []
-        faults: list[Fault] = []
-        for eq_name, eq in self.config.equalizers.items():
-            self._plan_equalizer(eq_name, eq, snap, actions, faults)
+        out = self._pass(snap)
         if self.settled is None:
-            return Plan(tuple(actions), tuple(faults))
-        desired = self.desired(snap)
+            return Plan(tuple(out.actions), tuple(out.faults))
         kept: list[Action] = []
         drift = set()
-        for a in actions:
-            if a.key not in self.settled or self.settled[a.key] != desired.get(a.key):
+        for a in out.actions:
+            if a.key not in self.settled or self.settled[a.key] != out.wants.get(a.key):
                 kept.append(a)
                 continue
             book = self.slaves.get(a.device)
@@ -203,133 +226,159 @@ class Core:
                 continue  # a rightly detached slave is left alone, whatever is done to it
             drift.add(a.key)
             kept.append(dataclasses.replace(a, reason=f"drift: {_drift(a, snap)}"))
-        return Plan(tuple(kept), tuple(faults), frozenset(drift))
+        return Plan(tuple(kept), tuple(out.faults), frozenset(drift))
 
     def desired(self, snap: Snapshot) -> dict[tuple[str, str], object]:
         """What is wanted of each property the daemon manages, given the slaves'
         states (values include ifindexes: a recreated device is not drift)."""
-        want: dict[tuple[str, str], object] = {}
-        for eq_name, eq in self.config.equalizers.items():
-            wanted = False
-            for name in eq.slaves:
-                link = snap.link(name)
-                if link is None:
-                    continue
-                attached = self.slaves[name].machine.wants_attached
-                wanted |= attached
-                want[("qdisc", name)] = (link.index, attached)
-                if eq.rp_filter is not None:
-                    want[("rp_filter", name)] = (link.index, eq.rp_filter)
-            master = snap.link(eq_name)
-            if master is None:
-                continue
-            want[("link", eq_name)] = (master.index, wanted)
-            if eq.address is not None:
-                want[("address", eq_name)] = (master.index, str(eq.address))
-                want[("connected_route", eq_name)] = (master.index, False)
-            if eq.default_route:
-                want[("route", eq_name)] = (master.index, wanted, eq.route_metric, eq.route_table)
-        return want
+        return self._pass(snap).wants
 
     def settle(self, snap: Snapshot) -> None:
         """The kernel matches the plan: remember what was wanted, so that a later
         change of the kernel alone is recognised as drift."""
         self.settled = self.desired(snap)
 
-    def _plan_equalizer(
-        self, eq_name: str, eq: EqualizerConfig, snap: Snapshot, actions: list[Action], faults: list[Fault]
-    ) -> None:
-        slaves = {name: snap.link(name) for name in eq.slaves}
-        if eq.rp_filter is not None:
-            for name, link in slaves.items():
-                if link is None:
-                    continue
-                if link.rp_filter != eq.rp_filter:
-                    actions.append(SetRpFilter(_rp_reason(link), link.name, link.index, eq.rp_filter))
-                if snap.all_rp_filter is not None and snap.all_rp_filter > eq.rp_filter:
-                    faults.append(Fault(
-                        "rp_filter_all", name,
-                        f"{name}: effective rp_filter is max(all={snap.all_rp_filter}, {name}={eq.rp_filter})"
-                        f"={snap.all_rp_filter}; set net.ipv4.conf.all.rp_filter={eq.rp_filter}"
-                        " (wanbalanced does not change 'all', which affects every interface)",
-                    ))
+    def _pass(self, snap: Snapshot) -> _Pass:
+        """Run every planner over every equalizer, in the order the kernel needs."""
+        out = _Pass()
+        for eq_name, config in self.config.equalizers.items():
+            eq = _Equalizer(eq_name, config, snap, {name: snap.link(name) for name in config.slaves},
+                            snap.link(eq_name))
+            self._plan_rp_filter(eq, out)
+            self._plan_qdiscs(eq, out)  # also wanted without a master: see _plan_qdiscs
+            if eq.master is None:
+                out.faults.append(self._missing_equalizer(eq_name, snap))
+                continue
+            self._plan_link(eq, eq.master, out)
+            self._plan_address(eq, eq.master, out)
+            self._plan_connected_route(eq, eq.master, out)
+            self._plan_default_route(eq, eq.master, out)
+        return out
 
-        master = snap.link(eq_name)
-        if master is None:
-            faults.append(self._missing_equalizer(eq_name, snap))
+    # -- one planner per managed property ------------------------------------------
+    # Each says what it wants of its property (`out.wants`, for drift) and
+    # appends the actions that get the kernel there.
+
+    def _plan_rp_filter(self, eq: _Equalizer, out: _Pass) -> None:
+        rp_filter = eq.config.rp_filter
+        if rp_filter is None:
             return
+        snap = eq.snap
+        for name, link in eq.slaves.items():
+            if link is None:
+                continue
+            out.wants[("rp_filter", name)] = (link.index, rp_filter)
+            if link.rp_filter != rp_filter:
+                out.actions.append(SetRpFilter(_rp_reason(link), link.name, link.index, rp_filter))
+            if snap.all_rp_filter is not None and snap.all_rp_filter > rp_filter:
+                out.faults.append(Fault(
+                    "rp_filter_all", name,
+                    f"{name}: effective rp_filter is max(all={snap.all_rp_filter}, {name}={rp_filter})"
+                    f"={snap.all_rp_filter}; set net.ipv4.conf.all.rp_filter={rp_filter}"
+                    " (wanbalanced does not change 'all', which affects every interface)",
+                ))
 
-        attached = {n for n, l in slaves.items() if l is not None and l.attached_to(eq_name)}
-        for name, link in slaves.items():
+    def _plan_qdiscs(self, eq: _Equalizer, out: _Pass) -> None:
+        """Attach the slaves that are wanted, detach the others and the orphans;
+        leaves `eq.attached` as it will be once the actions are done. What is
+        wanted is recorded even while the master is missing, as it always was."""
+        for name, link in eq.slaves.items():
+            if link is not None:
+                wanted = self.slaves[name].machine.wants_attached
+                out.wants[("qdisc", name)] = (link.index, wanted)
+                eq.wanted |= wanted
+        if eq.master is None:
+            return
+        eq.attached = {n for n, l in eq.slaves.items() if l is not None and l.attached_to(eq.name)}
+        for name, link in eq.slaves.items():
             if link is None:
                 continue
             m = self.slaves[name].machine
-            if m.wants_attached and not link.attached_to(eq_name):
+            if m.wants_attached and not link.attached_to(eq.name):
                 replace = link.qdisc is not None and link.qdisc.handle != 0
-                actions.append(Attach(m.reason, eq_name, name, link.index, replace))
-                attached.add(name)
-            elif not m.wants_attached and link.attached_to(eq_name):
-                actions.append(Detach(m.reason, eq_name, name, link.index))
-                attached.discard(name)
+                out.actions.append(Attach(m.reason, eq.name, name, link.index, replace))
+                eq.attached.add(name)
+            elif not m.wants_attached and link.attached_to(eq.name):
+                out.actions.append(Detach(m.reason, eq.name, name, link.index))
+                eq.attached.discard(name)
             if m.state is State.REFUSED:
-                faults.append(Fault("refused", name, m.reason))
-        for index, (orphan_eq, old) in sorted(self.orphans.items()):
-            link = snap.links.get(index)
-            if orphan_eq == eq_name and link is not None and link.attached_to(eq_name):
-                # Detach is keyed by ifindex: the action names the device as it is now.
-                actions.append(Detach(f"renamed from {old}, which left the configuration", eq_name, link.name,
-                                      index))
+                out.faults.append(Fault("refused", name, m.reason))
+        self._plan_orphans(eq, out)
 
-        master_up = master.admin_up
-        going_up = False
-        if attached and not master_up:
+    def _plan_orphans(self, eq: _Equalizer, out: _Pass) -> None:
+        """Detach the devices renamed away from the configuration while attached."""
+        for index, (orphan_eq, old) in sorted(self.orphans.items()):
+            link = eq.snap.links.get(index)
+            if orphan_eq == eq.name and link is not None and link.attached_to(eq.name):
+                # Detach is keyed by ifindex: the action names the device as it is now.
+                out.actions.append(Detach(f"renamed from {old}, which left the configuration", eq.name,
+                                          link.name, index))
+
+    def _plan_link(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
+        out.wants[("link", eq.name)] = (master.index, eq.wanted)
+        eq.master_up = master.admin_up
+        if eq.attached and not eq.master_up:
             # The kernel refuses to open a teql device with no slaves (EUNATCH),
             # so this must follow the attaches.
-            actions.append(LinkUp(f"{len(attached)} slave(s) attached", eq_name, master.index))
-            master_up = going_up = True
+            out.actions.append(LinkUp(f"{len(eq.attached)} slave(s) attached", eq.name, master.index))
+            eq.master_up = eq.going_up = True
 
-        if eq.address is not None:
-            mine = [a for a in snap.addresses_of(master.index) if a.interface == eq.address]
-            if not mine:
-                actions.append(AddAddress("configured address missing", eq_name, master.index, eq.address))
-            connected = [
-                r for r in snap.routes_via(master.index)
-                if r.dst == eq.address.network and r.proto == RTPROT_KERNEL and r.scope == RT_SCOPE_LINK
-            ]
-            # An adopted address without noprefixroute gets its connected route
-            # back each time the device comes up.
-            expect_connected = (
-                going_up and bool(mine) and not mine[0].flags & IFA_F_NOPREFIXROUTE
-                and eq.address.network.prefixlen < 32
-            )
-            if connected or expect_connected:
-                table = connected[0].table if connected else RT_TABLE_MAIN
-                actions.append(DeleteConnectedRoute(
-                    "the seed's local address is arbitrary: no connected route",
-                    eq_name, master.index, eq.address.network, table,
-                ))
+    def _plan_address(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
+        address = eq.config.address
+        if address is None:
+            return
+        out.wants[("address", eq.name)] = (master.index, str(address))
+        if not any(a.interface == address for a in eq.snap.addresses_of(master.index)):
+            out.actions.append(AddAddress("configured address missing", eq.name, master.index, address))
 
-        if eq.default_route:
-            defaults = snap.default_routes(eq.route_table)
-            ours = [r for r in defaults if r.oif == master.index and r.priority == eq.route_metric and r.gateway is None]
-            want = bool(attached) and master_up
-            if want and not ours:
-                clash = [r for r in defaults if r.priority == eq.route_metric]
-                if clash:
-                    faults.append(Fault(
-                        "route_clash", eq_name,
-                        f"{eq_name}: another default route has metric {eq.route_metric} in table "
-                        f"{eq.route_table}; wanbalanced will not replace it: give it a higher metric "
-                        f"or set equalizers.{eq_name}.route_metric",
-                    ))
-                else:
-                    actions.append(ReplaceDefaultRoute(
-                        f"{len(attached)} slave(s) attached", eq_name, master.index, eq.route_metric, eq.route_table,
-                    ))
-            elif not want and ours:
-                actions.append(DeleteDefaultRoute(
-                    "no slave attached", eq_name, master.index, eq.route_metric, eq.route_table,
+    def _plan_connected_route(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
+        address = eq.config.address
+        if address is None:
+            return
+        out.wants[("connected_route", eq.name)] = (master.index, False)
+        mine = [a for a in eq.snap.addresses_of(master.index) if a.interface == address]
+        connected = [
+            r for r in eq.snap.routes_via(master.index)
+            if r.dst == address.network and r.proto == RTPROT_KERNEL and r.scope == RT_SCOPE_LINK
+        ]
+        # An adopted address without noprefixroute gets its connected route
+        # back each time the device comes up.
+        expect_connected = (
+            eq.going_up and bool(mine) and not mine[0].flags & IFA_F_NOPREFIXROUTE
+            and address.network.prefixlen < 32
+        )
+        if connected or expect_connected:
+            table = connected[0].table if connected else RT_TABLE_MAIN
+            out.actions.append(DeleteConnectedRoute(
+                "the seed's local address is arbitrary: no connected route",
+                eq.name, master.index, address.network, table,
+            ))
+
+    def _plan_default_route(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
+        cfg = eq.config
+        if not cfg.default_route:
+            return
+        out.wants[("route", eq.name)] = (master.index, eq.wanted, cfg.route_metric, cfg.route_table)
+        defaults = eq.snap.default_routes(cfg.route_table)
+        ours = [r for r in defaults if r.oif == master.index and r.priority == cfg.route_metric and r.gateway is None]
+        want = bool(eq.attached) and eq.master_up
+        if want and not ours:
+            if any(r.priority == cfg.route_metric for r in defaults):
+                out.faults.append(Fault(
+                    "route_clash", eq.name,
+                    f"{eq.name}: another default route has metric {cfg.route_metric} in table "
+                    f"{cfg.route_table}; wanbalanced will not replace it: give it a higher metric "
+                    f"or set equalizers.{eq.name}.route_metric",
                 ))
+            else:
+                out.actions.append(ReplaceDefaultRoute(
+                    f"{len(eq.attached)} slave(s) attached", eq.name, master.index, cfg.route_metric,
+                    cfg.route_table,
+                ))
+        elif not want and ours:
+            out.actions.append(DeleteDefaultRoute(
+                "no slave attached", eq.name, master.index, cfg.route_metric, cfg.route_table,
+            ))
 
     def _missing_equalizer(self, eq_name: str, snap: Snapshot) -> Fault:
         need = max(int(n[4:]) for n in self.config.equalizers) + 1

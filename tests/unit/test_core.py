@@ -396,3 +396,18 @@ slaves = ["wan0", "wan1"]
 address = "10.0.0.0/31"
 route_metric = 7
 """
+
+
+def test_every_planned_action_has_a_wanted_value() -> None:
+    # desired() comes from the same planners as the actions: a planner that
+    # acts on a property must also say what it wants of it, or drift of that
+    # property would go unrecognised.
+    snap = snapshot(master(), slave(10, "wan0", rp_filter=1), slave(11, "wan1", rp_filter=2))
+    snap.put_address(Address(2, IPv4Interface("10.0.0.0/31"), 0))
+    core = Core(config(), 0.0)
+    core.observe(snap, 0.0)
+    actions = core.plan(snap).actions
+    assert {a.kind for a in actions} == {"rp_filter", "qdisc", "link", "connected_route", "route"}
+    wants = core.desired(snap)
+    assert all(a.key in wants for a in actions)
+    assert wants[("link", "teql0")] == (2, True) and wants[("connected_route", "teql0")] == (2, False)
