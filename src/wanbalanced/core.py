@@ -10,7 +10,6 @@ clock.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from .actions import (
@@ -225,7 +224,7 @@ class Core:
             if book is not None and not book.machine.wants_attached:
                 continue  # a rightly detached slave is left alone, whatever is done to it
             drift.add(a.key)
-            kept.append(dataclasses.replace(a, reason=f"drift: {_drift(a, snap)}"))
+            kept.append(a.as_drift(snap))
         return Plan(tuple(kept), tuple(out.faults), frozenset(drift))
 
     def desired(self, snap: Snapshot) -> dict[tuple[str, str], object]:
@@ -395,27 +394,6 @@ class Core:
             f"set `options sch_teql max_equalizers={need}` in /etc/modprobe.d/wanbalanced.conf "
             "and reload the module (rmmod sch_teql && modprobe sch_teql)",
         )
-
-
-def _drift(action: Action, snap: Snapshot) -> str:
-    """What someone else changed, in words."""
-    link = snap.link(action.device)
-    if isinstance(action, Attach):
-        now = link.qdisc.kind if link is not None and link.qdisc is not None else "the default qdisc"
-        return f"{action.equalizer} was removed from {action.slave} (root qdisc now {now})"
-    if isinstance(action, Detach):
-        return f"{action.equalizer} was put back on {action.slave} by hand"
-    if isinstance(action, SetRpFilter):
-        return f"rp_filter of {action.name} was changed to {link.rp_filter if link is not None else '?'}"
-    if isinstance(action, LinkUp):
-        return f"{action.name} was set down"
-    if isinstance(action, AddAddress):
-        return f"the address of {action.name} was removed"
-    if isinstance(action, DeleteConnectedRoute):
-        return f"the connected route on {action.name} came back"
-    if isinstance(action, ReplaceDefaultRoute):
-        return f"the default route via {action.name} was deleted"
-    return f"{action.kind} of {action.device} changed"
 
 
 def _rp_reason(link: Link) -> str:
