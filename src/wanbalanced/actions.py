@@ -338,3 +338,12 @@ class SetRpFilter(OnDevice):
     def drifted(self, snap: Snapshot) -> str:
         link = snap.link(self.name)
         return f"rp_filter of {self.name} was changed to {link.rp_filter if link is not None else '?'}"
+
+
+def _kinds(classes: list[type[Action]]) -> list[str]:
+    return [k for c in classes for k in [c.kind, *_kinds(c.__subclasses__())] if k]
+
+
+#: Every property an action sets, in the order the classes are defined: the
+#: `kind` label of the drift metrics.
+DRIFT_KINDS: tuple[str, ...] = tuple(dict.fromkeys(_kinds(Action.__subclasses__())))

@@ -11,6 +11,7 @@ clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from .actions import (
     Action,
@@ -36,6 +37,11 @@ from .observed import (
 from .slave import SlaveBook, SlaveMachine, State, Transition, next_deadline
 
 
+#: What can be wrong that only the operator can fix (the metrics' `kind` label).
+FaultKind = Literal["refused", "missing_equalizer", "module_not_loaded", "route_clash", "rp_filter_all"]
+FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
+
+
 @dataclass(frozen=True)
 class Fault:
     """Something wrong that wanbalanced cannot fix; `message` names the fix.
@@ -43,7 +49,7 @@ class Fault:
     `key` is stable while the fault lasts, so it is logged once, not per event.
     """
 
-    kind: str  # refused, missing_equalizer, module_not_loaded, route_clash, rp_filter_all
+    kind: FaultKind
     device: str
     message: str
 
@@ -150,8 +156,7 @@ class Core:
             route = (before.default_route, before.route_metric, before.route_table)
             if before.default_route and (after is None or (after.default_route, after.route_metric,
                                                              after.route_table) != route):
-                if any(r.oif == master.index and r.priority == before.route_metric and r.gateway is None
-                       for r in snap.default_routes(before.route_table)):
+                if snap.our_default_routes(master.index, before.route_metric, before.route_table):
                     cleanup.append(DeleteDefaultRoute("default route changed in the configuration", eq_name,
                                                       master.index, before.route_metric, before.route_table))
         self.slaves = books
@@ -359,7 +364,7 @@ class Core:
             return
         out.wants[("route", eq.name)] = (master.index, eq.wanted, cfg.route_metric, cfg.route_table)
         defaults = eq.snap.default_routes(cfg.route_table)
-        ours = [r for r in defaults if r.oif == master.index and r.priority == cfg.route_metric and r.gateway is None]
+        ours = eq.snap.our_default_routes(master.index, cfg.route_metric, cfg.route_table)
         want = bool(eq.attached) and eq.master_up
         if want and not ours:
             if any(r.priority == cfg.route_metric for r in defaults):

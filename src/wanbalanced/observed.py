@@ -154,6 +154,11 @@ class Snapshot:
     def default_routes(self, table: int) -> list[Route]:
         return [r for r in self.routes if r.table == table and r.is_default]
 
+    def our_default_routes(self, index: int, metric: int, table: int) -> list[Route]:
+        """The default routes wanbalanced keeps: through the device, without a
+        gateway, with that metric in that table."""
+        return [r for r in self.default_routes(table) if r.oif == index and r.priority == metric and r.gateway is None]
+
     # -- updates, from events or from our own successful writes --------------
 
     def put_link(self, link: Link) -> None:

@@ -128,3 +128,11 @@ def test_an_action_without_its_execution_cannot_exist() -> None:
 
     with pytest.raises(TypeError, match="abstract"):
         SetMtu("r", "wan0")  # type: ignore[abstract]
+
+
+def test_drift_kinds_come_from_the_actions() -> None:
+    from wanbalanced.actions import DRIFT_KINDS
+    from wanbalanced.metrics import DRIFT_KINDS as EXPORTED
+
+    # The metrics' kind labels, in a stable order; a new action's kind joins them.
+    assert DRIFT_KINDS == ("qdisc", "link", "address", "connected_route", "route", "rp_filter") == EXPORTED
