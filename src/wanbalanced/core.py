@@ -33,6 +33,7 @@ from .observed import (
     RTPROT_KERNEL,
     Link,
     Snapshot,
+    teql_number,
 )
 from .slave import SlaveBook, SlaveMachine, State, Transition, next_deadline
 
@@ -385,7 +386,7 @@ class Core:
             ))
 
     def _missing_equalizer(self, eq_name: str, snap: Snapshot) -> Fault:
-        need = max(int(n[4:]) for n in self.config.equalizers) + 1
+        need = max(teql_number(n) or 0 for n in self.config.equalizers) + 1
         have = snap.teql_devices()
         if not have:
             return Fault(
