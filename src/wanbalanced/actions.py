@@ -1,16 +1,42 @@
 """Actions: the kernel changes the core asks for.
 
-Each action is a small frozen value. `command()` renders the equivalent
-iproute2/sysctl command line, which is what `wanbalanced plan` prints and what
-the daemon logs before every kernel write.
+Each action is a small frozen value that carries everything about itself, so
+that adding one means writing one class (and the planner that emits it):
+
+- `execute(ops)` performs it through `KernelOps`, the few typed kernel writes
+  the netlink edge implements (pyroute2 stays in `netlink.py`);
+- `expect(snap)` applies its known effect to the snapshot before the kernel's
+  event arrives;
+- `command()` renders the equivalent iproute2/sysctl command line, which is
+  what `wanbalanced plan` prints and what the daemon logs before every write;
+- `drifted(snap)` says in words what someone else changed, when the action
+  repairs drift.
+
+`reason` (why, for the log) and `drift` are not part of an action's identity:
+the same change asked for with other words is the same action, so its retry
+back-off carries over.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import abc
+import dataclasses
+from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
+from typing import ClassVar, Protocol
 
-from .observed import RT_TABLE_MAIN
+from .observed import (
+    DEFAULT_DST,
+    IFA_F_NOPREFIXROUTE,
+    IFF_UP,
+    RT_SCOPE_LINK,
+    RT_TABLE_MAIN,
+    RTPROT_KERNEL,
+    Address,
+    Qdisc,
+    Route,
+    Snapshot,
+)
 
 
 def _table(table: int) -> str:
@@ -28,25 +54,79 @@ def sysctl_ifname(name: str) -> str:
     return name.replace(".", "/")
 
 
-@dataclass(frozen=True)
-class Action:
-    """Base of all actions. `reason` says why, for the log."""
+class KernelOps(Protocol):
+    """The kernel writes actions are made of; `netlink.Kernel` implements them.
 
-    reason: str
+    Each raises the kernel's refusal as it comes (the edge turns it into a
+    KernelError with the errno)."""
+
+    async def add_root_qdisc(self, index: int, kind: str, replace: bool) -> None:
+        """Make `kind` the device's root qdisc; succeeds if it already is."""
+
+    async def delete_root_qdisc(self, index: int, kind: str) -> None:
+        """Delete the root qdisc, only if it is of `kind`."""
+
+    async def set_link_up(self, index: int) -> None: ...
+
+    async def add_address(self, index: int, address: IPv4Interface, flags: int) -> None: ...
+
+    async def delete_address(self, index: int, address: IPv4Interface) -> None: ...
+
+    async def replace_route(self, dst: IPv4Network, index: int, metric: int, table: int) -> None: ...
+
+    async def delete_route(self, dst: IPv4Network, index: int, table: int, *, metric: int | None = None,
+                           proto: int | None = None, scope: int | None = None) -> None:
+        """Delete a route; the keywords left None match any value."""
+
+    async def set_rp_filter(self, name: str, value: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Action(abc.ABC):
+    """Base of all actions. `reason` says why, for the log; `drift`, when set,
+    says what someone else changed that this action puts back."""
+
+    reason: str = field(compare=False)
+    drift: str | None = field(default=None, compare=False, kw_only=True)
 
     #: What the action sets, for drift accounting: ("qdisc", "wan0"), ...
-    kind = ""
+    kind: ClassVar[str] = ""
+    #: The EVENT field of its log record.
+    event: ClassVar[str] = "converge"
 
     @property
+    @abc.abstractmethod
     def device(self) -> str:
-        raise NotImplementedError
+        """The device the action changes, by its current name."""
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.kind, self.device)
 
+    @property
+    def why(self) -> str:
+        """The reason as logged: a drift repair says what drifted."""
+        return f"drift: {self.drift}" if self.drift is not None else self.reason
+
+    def as_drift(self, snap: Snapshot) -> Action:
+        """The same action, marked as repairing drift."""
+        return dataclasses.replace(self, drift=self.drifted(snap))
+
+    @abc.abstractmethod
+    async def execute(self, ops: KernelOps) -> None:
+        """Perform the action."""
+
+    @abc.abstractmethod
+    def expect(self, snap: Snapshot) -> None:
+        """Apply the known effect of a successful write to the snapshot."""
+
+    @abc.abstractmethod
     def command(self) -> str:
-        raise NotImplementedError
+        """The equivalent ip/tc/sysctl command line."""
+
+    def drifted(self, snap: Snapshot) -> str:
+        """What someone else changed, in words."""
+        return f"{self.kind} of {self.device} changed"
 
 
 @dataclass(frozen=True)
@@ -57,6 +137,7 @@ class Attach(Action):
     only displaces the kernel's default qdisc (handle 0).
     """
     kind = "qdisc"
+    event = "attach"
 
     equalizer: str
     slave: str
@@ -67,9 +148,20 @@ class Attach(Action):
     def device(self) -> str:
         return self.slave
 
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.add_root_qdisc(self.index, self.equalizer, self.replace)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.put_qdisc(self.index, Qdisc(self.equalizer, 0))
+
     def command(self) -> str:
         verb = "replace" if self.replace else "add"
         return f"tc qdisc {verb} dev {self.slave} root {self.equalizer}"
+
+    def drifted(self, snap: Snapshot) -> str:
+        link = snap.link(self.slave)
+        now = link.qdisc.kind if link is not None and link.qdisc is not None else "the default qdisc"
+        return f"{self.equalizer} was removed from {self.slave} (root qdisc now {now})"
 
 
 @dataclass(frozen=True)
@@ -77,6 +169,7 @@ class Detach(Action):
     """Remove the equalizer from the slave. Naming the kind makes it safe: the
     kernel refuses (EINVAL) if the root qdisc has meanwhile become another one."""
     kind = "qdisc"
+    event = "detach"
 
     equalizer: str
     slave: str
@@ -86,8 +179,17 @@ class Detach(Action):
     def device(self) -> str:
         return self.slave
 
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.delete_root_qdisc(self.index, self.equalizer)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.put_qdisc(self.index, None)
+
     def command(self) -> str:
         return f"tc qdisc del dev {self.slave} root {self.equalizer}"
+
+    def drifted(self, snap: Snapshot) -> str:
+        return f"{self.equalizer} was put back on {self.slave} by hand"
 
 
 @dataclass(frozen=True)
@@ -105,8 +207,20 @@ class OnDevice(Action):
 @dataclass(frozen=True)
 class LinkUp(OnDevice):
     kind = "link"
+
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.set_link_up(self.index)
+
+    def expect(self, snap: Snapshot) -> None:
+        link = snap.links.get(self.index)
+        if link is not None:
+            snap.put_link(dataclasses.replace(link, flags=link.flags | IFF_UP))
+
     def command(self) -> str:
         return f"ip link set {self.name} up"
+
+    def drifted(self, snap: Snapshot) -> str:
+        return f"{self.name} was set down"
 
 
 @dataclass(frozen=True)
@@ -117,8 +231,17 @@ class AddAddress(OnDevice):
 
     address: IPv4Interface
 
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.add_address(self.index, self.address, IFA_F_NOPREFIXROUTE)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.put_address(Address(self.index, self.address, IFA_F_NOPREFIXROUTE))
+
     def command(self) -> str:
         return f"ip addr add {self.address.with_prefixlen} dev {self.name} noprefixroute"
+
+    def drifted(self, snap: Snapshot) -> str:
+        return f"the address of {self.name} was removed"
 
 
 @dataclass(frozen=True)
@@ -127,6 +250,12 @@ class DeleteAddress(OnDevice):
     kind = "address"
 
     address: IPv4Interface
+
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.delete_address(self.index, self.address)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.drop_address(Address(self.index, self.address))
 
     def command(self) -> str:
         return f"ip addr del {self.address.with_prefixlen} dev {self.name}"
@@ -138,11 +267,20 @@ class DeleteConnectedRoute(OnDevice):
     dst: IPv4Network
     table: int = RT_TABLE_MAIN
 
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.delete_route(self.dst, self.index, self.table, proto=RTPROT_KERNEL, scope=RT_SCOPE_LINK)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.routes = {r for r in snap.routes if not (r.oif == self.index and r.dst == self.dst)}
+
     def command(self) -> str:
         return (
             f"ip route del {self.dst.with_prefixlen} dev {self.name}"
             f" proto kernel scope link{_table(self.table)}"
         )
+
+    def drifted(self, snap: Snapshot) -> str:
+        return f"the connected route on {self.name} came back"
 
 
 @dataclass(frozen=True)
@@ -154,15 +292,33 @@ class _DefaultRoute(OnDevice):
     def _route(self) -> str:
         return f"default dev {self.name}{_metric(self.metric)}{_table(self.table)}"
 
+    def _as_route(self) -> Route:
+        return Route(self.table, DEFAULT_DST, self.metric, self.index)
+
 
 @dataclass(frozen=True)
 class ReplaceDefaultRoute(_DefaultRoute):
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.replace_route(DEFAULT_DST, self.index, self.metric, self.table)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.put_route(self._as_route(), replace=True)
+
     def command(self) -> str:
         return f"ip route replace {self._route()}"
+
+    def drifted(self, snap: Snapshot) -> str:
+        return f"the default route via {self.name} was deleted"
 
 
 @dataclass(frozen=True)
 class DeleteDefaultRoute(_DefaultRoute):
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.delete_route(DEFAULT_DST, self.index, self.table, metric=self.metric)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.drop_route(self._as_route())
+
     def command(self) -> str:
         return f"ip route del {self._route()}"
 
@@ -172,5 +328,24 @@ class SetRpFilter(OnDevice):
     kind = "rp_filter"
     value: int
 
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.set_rp_filter(self.name, self.value)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.set_rp_filter(self.index, self.value)
+
     def command(self) -> str:
         return f"sysctl -w net.ipv4.conf.{sysctl_ifname(self.name)}.rp_filter={self.value}"
+
+    def drifted(self, snap: Snapshot) -> str:
+        link = snap.link(self.name)
+        return f"rp_filter of {self.name} was changed to {link.rp_filter if link is not None else '?'}"
+
+
+def _kinds(classes: list[type[Action]]) -> list[str]:
+    return [k for c in classes for k in [c.kind, *_kinds(c.__subclasses__())] if k]
+
+
+#: Every property an action sets, in the order the classes are defined: the
+#: `kind` label of the drift metrics.
+DRIFT_KINDS: tuple[str, ...] = tuple(dict.fromkeys(_kinds(Action.__subclasses__())))

@@ -17,13 +17,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .actions import DRIFT_KINDS
+from .core import FAULT_KINDS
 from .endpoint import Exposition, MetricsServer
 from .status import STATES, Status
 
 log = logging.getLogger(__name__)
 
-DRIFT_KINDS = ("qdisc", "link", "address", "connected_route", "route", "rp_filter")
-FAULT_KINDS = ("refused", "missing_equalizer", "module_not_loaded", "route_clash", "rp_filter_all")
 # Fine enough to tell 100 µs from 10 ms.
 PROBE_RTT_BUCKETS = (100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0)
@@ -114,8 +114,8 @@ class StatusCollector(Collector):
 
         faults = GaugeMetricFamily("wanbalanced_faults", "Active faults the operator must fix, by kind",
                                    labels=["kind"])
-        for kind in FAULT_KINDS:
-            faults.add_metric([kind], sum(1 for f in st.faults if f.kind == kind))
+        for fault in FAULT_KINDS:
+            faults.add_metric([fault], sum(1 for f in st.faults if f.kind == fault))
         yield faults
         yield GaugeMetricFamily("wanbalanced_config_last_reload_successful",
                                 "1 if the last configuration load succeeded", value=st.reload_successful)

@@ -31,22 +31,9 @@ from pyroute2.netlink.rtnl import (
 )
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from .actions import (
-    Action,
-    AddAddress,
-    Attach,
-    DeleteAddress,
-    DeleteConnectedRoute,
-    DeleteDefaultRoute,
-    Detach,
-    LinkUp,
-    ReplaceDefaultRoute,
-    SetRpFilter,
-)
+from .actions import Action
 from .observed import (
     DEFAULT_DST,
-    IFA_F_NOPREFIXROUTE,
-    IFF_UP,
     RTN_UNICAST,
     Address,
     Link,
@@ -229,27 +216,8 @@ def apply_event(snap: Snapshot, msg: Msg) -> bool:
 
 def expect(snap: Snapshot, action: Action) -> None:
     """Apply the known effect of a successful write before its event arrives,
-    so the next plan does not ask for it again."""
-    if isinstance(action, Attach):
-        snap.put_qdisc(action.index, Qdisc(action.equalizer, 0))
-    elif isinstance(action, Detach):
-        snap.put_qdisc(action.index, None)
-    elif isinstance(action, LinkUp):
-        link = snap.links.get(action.index)
-        if link is not None:
-            snap.put_link(dataclasses.replace(link, flags=link.flags | IFF_UP))
-    elif isinstance(action, AddAddress):
-        snap.put_address(Address(action.index, action.address, IFA_F_NOPREFIXROUTE))
-    elif isinstance(action, DeleteAddress):
-        snap.drop_address(Address(action.index, action.address))
-    elif isinstance(action, DeleteConnectedRoute):
-        snap.routes = {r for r in snap.routes if not (r.oif == action.index and r.dst == action.dst)}
-    elif isinstance(action, ReplaceDefaultRoute):
-        snap.put_route(Route(action.table, DEFAULT_DST, action.metric, action.index), replace=True)
-    elif isinstance(action, DeleteDefaultRoute):
-        snap.drop_route(Route(action.table, DEFAULT_DST, action.metric, action.index))
-    elif isinstance(action, SetRpFilter):
-        snap.set_rp_filter(action.index, action.value)
+    so the next plan does not ask for it again (each action knows its own)."""
+    action.expect(snap)
 
 
 # -- sysctl (there is no netlink write for it) -----------------------------------
@@ -433,32 +401,38 @@ class Kernel:
             raise KernelError(action, e.errno or errno.EIO, e.strerror or "") from None
 
     async def _execute(self, a: Action) -> None:
-        r = self._req
-        if isinstance(a, Attach):
-            try:
-                await r.tc("replace" if a.replace else "add", a.equalizer, a.index, 0)
-            except NetlinkError as e:
-                # Attached meanwhile (by us or the operator): that is the goal.
-                if e.code != errno.EEXIST:
-                    raise
-        elif isinstance(a, Detach):
-            await r.tc("del", a.equalizer, a.index, 0)
-        elif isinstance(a, LinkUp):
-            await r.link("set", index=a.index, state="up")
-        elif isinstance(a, AddAddress):
-            await r.addr(
-                "add", index=a.index, address=str(a.address.ip),
-                prefixlen=a.address.network.prefixlen, flags=IFA_F_NOPREFIXROUTE,
-            )
-        elif isinstance(a, DeleteAddress):
-            await r.addr("del", index=a.index, address=str(a.address.ip), prefixlen=a.address.network.prefixlen)
-        elif isinstance(a, DeleteConnectedRoute):
-            await r.route("del", dst=a.dst.with_prefixlen, oif=a.index, table=a.table, proto=2, scope=253)
-        elif isinstance(a, ReplaceDefaultRoute):
-            await r.route("replace", dst="0.0.0.0/0", oif=a.index, priority=a.metric, table=a.table)
-        elif isinstance(a, DeleteDefaultRoute):
-            await r.route("del", dst="0.0.0.0/0", oif=a.index, priority=a.metric, table=a.table)
-        elif isinstance(a, SetRpFilter):
-            write_rp_filter(a.name, a.value)
-        else:  # pragma: no cover - every action type is handled above
-            raise TypeError(f"unknown action {a!r}")
+        await a.execute(self)
+
+    # -- the kernel writes actions are made of (actions.KernelOps) -------------------
+
+    async def add_root_qdisc(self, index: int, kind: str, replace: bool) -> None:
+        try:
+            await self._req.tc("replace" if replace else "add", kind, index, 0)
+        except NetlinkError as e:
+            # Attached meanwhile (by us or the operator): that is the goal.
+            if e.code != errno.EEXIST:
+                raise
+
+    async def delete_root_qdisc(self, index: int, kind: str) -> None:
+        await self._req.tc("del", kind, index, 0)
+
+    async def set_link_up(self, index: int) -> None:
+        await self._req.link("set", index=index, state="up")
+
+    async def add_address(self, index: int, address: IPv4Interface, flags: int) -> None:
+        await self._req.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
+                             flags=flags)
+
+    async def delete_address(self, index: int, address: IPv4Interface) -> None:
+        await self._req.addr("del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+
+    async def replace_route(self, dst: IPv4Network, index: int, metric: int, table: int) -> None:
+        await self._req.route("replace", dst=dst.with_prefixlen, oif=index, priority=metric, table=table)
+
+    async def delete_route(self, dst: IPv4Network, index: int, table: int, *, metric: int | None = None,
+                           proto: int | None = None, scope: int | None = None) -> None:
+        match = {k: v for k, v in (("priority", metric), ("proto", proto), ("scope", scope)) if v is not None}
+        await self._req.route("del", dst=dst.with_prefixlen, oif=index, table=table, **match)
+
+    async def set_rp_filter(self, name: str, value: int) -> None:
+        write_rp_filter(name, value)  # a sysctl: no netlink write exists

@@ -132,18 +132,17 @@ class Snapshot:
     routes: set[Route] = field(default_factory=set)
     # net.ipv4.conf.all.rp_filter: the effective value is max(all, device).
     all_rp_filter: int | None = None
+    # name -> ifindex, kept by put_link and drop_link: the core looks devices
+    # up by name many times per plan. `links` is written only through them.
+    _by_name: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def link(self, name: str) -> Link | None:
-        for link in self.links.values():
-            if link.name == name:
-                return link
-        return None
+        index = self._by_name.get(name)
+        return self.links.get(index) if index is not None else None
 
     def teql_devices(self) -> list[str]:
-        return sorted(
-            (l.name for l in self.links.values() if is_teql_name(l.name)),
-            key=lambda n: int(n[4:]),
-        )
+        found = sorted((k, l.name) for l in self.links.values() if (k := teql_number(l.name)) is not None)
+        return [name for _, name in found]
 
     def addresses_of(self, index: int) -> list[Address]:
         return [a for a in self.addresses if a.index == index]
@@ -153,6 +152,11 @@ class Snapshot:
 
     def default_routes(self, table: int) -> list[Route]:
         return [r for r in self.routes if r.table == table and r.is_default]
+
+    def our_default_routes(self, index: int, metric: int, table: int) -> list[Route]:
+        """The default routes wanbalanced keeps: through the device, without a
+        gateway, with that metric in that table."""
+        return [r for r in self.default_routes(table) if r.oif == index and r.priority == metric and r.gateway is None]
 
     # -- updates, from events or from our own successful writes --------------
 
@@ -170,13 +174,28 @@ class Snapshot:
                 # flushed without any RTM_DELROUTE notification.
                 self.routes = {r for r in self.routes if r.oif != link.index}
         self.links[link.index] = link
+        if old is not None and old.name != link.name:
+            self._forget_name(old.name, link.index)  # renamed
+        self._by_name[link.name] = link.index
 
     def drop_link(self, index: int) -> None:
         # Deleting a device destroys its qdiscs, addresses and routes, and the
         # kernel notifies none of the routes' removal.
-        self.links.pop(index, None)
+        old = self.links.pop(index, None)
+        if old is not None:
+            self._forget_name(old.name, index)
         self.addresses = {a for a in self.addresses if a.index != index}
         self.routes = {r for r in self.routes if r.oif != index}
+
+    def _forget_name(self, name: str, index: int) -> None:
+        """The device `index` no longer has `name`; another one may (events can
+        show two devices with one name for a moment, the old scan found either)."""
+        if self._by_name.get(name) == index:
+            del self._by_name[name]
+            for link in self.links.values():
+                if link.name == name:
+                    self._by_name[name] = link.index
+                    break
 
     def put_qdisc(self, index: int, qdisc: Qdisc | None) -> None:
         link = self.links.get(index)
@@ -224,6 +243,11 @@ class Snapshot:
         }
 
 
+def teql_number(name: str) -> int | None:
+    """N of teqlN, as sch_teql names its devices; None for any other name."""
+    return int(name[4:]) if name.startswith("teql") and name[4:].isdigit() else None
+
+
 def is_teql_name(name: str) -> bool:
     """teqlN, as sch_teql names its devices."""
-    return name.startswith("teql") and name[4:].isdigit()
+    return teql_number(name) is not None

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import logging
 
-from .actions import Action, Attach, Detach
+from .actions import Action, Attach
 from .config import Config
 from .core import Fault
 from .logs import NOTICE, fields
 from .slave import Event, State, Transition
 
 log = logging.getLogger("wanbalanced.daemon")
+
+# A write's priority, by its EVENT: the ones an operator should notice stand out.
+_WRITE_LEVELS = {"drift": logging.WARNING, "detach": logging.WARNING, "attach": NOTICE}
 
 _GOING_DOWN = (State.DOWN, State.DOWN_DELAY, State.ABSENT, State.REFUSED, State.FAILED, State.HELD_DOWN)
 
@@ -55,17 +58,11 @@ class Reporter:
 
     def write(self, action: Action, took_ms: float | None) -> None:
         """A kernel write that succeeded, as its equivalent command."""
-        level, event = logging.INFO, "converge"
-        if action.reason.startswith("drift: "):
-            level, event = logging.WARNING, "drift"
-        elif isinstance(action, Detach):
-            level, event = logging.WARNING, "detach"
-        elif isinstance(action, Attach):
-            level, event = NOTICE, "attach"
+        event = "drift" if action.drift is not None else action.event
         when = f"; {took_ms:.1f} ms after the event" if took_ms is not None else ""
-        log.log(level, "%s: %s (%s%s)", action.device, action.command(), action.reason, when,
-                extra=fields(**self._where(action.device), event=event, reason=action.reason,
-                             command=action.command()))
+        log.log(_WRITE_LEVELS.get(event, logging.INFO), "%s: %s (%s%s)", action.device, action.command(),
+                action.why, when, extra=fields(**self._where(action.device), event=event, reason=action.why,
+                                                command=action.command()))
 
     def refused(self, action: Attach, message: str) -> None:
         log.error("%s", message, extra=fields(equalizer=action.equalizer, slave=action.slave, event="refused",

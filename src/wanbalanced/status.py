@@ -109,10 +109,7 @@ def build(
                 flap_penalty=book.damping.value(mono_now),
                 held_down_until=wall_now + (reuse - mono_now) if reuse is not None else 0.0,
             ))
-        route = master is not None and any(
-            r.oif == master.index and r.priority == eq.route_metric and r.gateway is None
-            for r in snap.default_routes(eq.route_table)
-        )
+        route = master is not None and bool(snap.our_default_routes(master.index, eq.route_metric, eq.route_table))
         equalizers.append(EqualizerStatus(
             equalizer=eq_name, exists=master is not None, up=master is not None and master.admin_up,
             attached=attached, configured=len(eq.slaves), default_route=route,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 from ipaddress import IPv4Interface, IPv4Network
 
 from kernelstate import config, converged, master, slave, snapshot
@@ -18,7 +17,7 @@ from wanbalanced.actions import (
     SetRpFilter,
 )
 from wanbalanced.core import Core
-from wanbalanced.observed import IFF_POINTOPOINT, Address, Qdisc, Route
+from wanbalanced.observed import Address, Qdisc, Route
 from wanbalanced.slave import State
 
 
@@ -50,21 +49,6 @@ def test_converged_kernel_needs_nothing_and_slaves_are_adopted() -> None:
     assert plan.converged and not plan.faults
 
 
-def test_adoption_skips_up_delay() -> None:
-    # A working slave found attached is never detached to wait out up_delay.
-    cfg = config("""
-[equalizers.teql0]
-slaves = ["wan0", "wan1"]
-[slaves.wan0]
-up_delay = "5s"
-""")
-    snap = converged()
-    core = Core(cfg, 0.0)
-    core.observe(snap, 0.0)
-    assert core.machines["wan0"].state is State.UP
-    assert core.plan(snap).converged
-
-
 def test_carrier_loss_detaches_and_last_one_withdraws_route() -> None:
     core = Core(config(), 0.0)
     core.observe(converged(), 0.0)
@@ -83,34 +67,6 @@ def test_one_carrier_loss_keeps_route() -> None:
     snap = snapshot(master(up=True), slave(10, "wan0", teql="teql0", carrier=False), slave(11, "wan1", teql="teql0"),
                     address=True, default_route=True)
     core.observe(snap, 1.0)
-    assert commands(core, snap) == ["tc qdisc del dev wan0 root teql0"]
-
-
-def test_admin_down_counts_as_down() -> None:
-    core = Core(config(), 0.0)
-    snap = snapshot(master(up=True), slave(10, "wan0", up=False), slave(11, "wan1", teql="teql0"),
-                    address=True, default_route=True)
-    t = core.observe(snap, 0.0)
-    assert core.machines["wan0"].state is State.DOWN
-    assert any("administratively down" in x.reason for x in t)
-    assert core.plan(snap).converged
-
-
-def test_down_delay_defers_detach() -> None:
-    cfg = config("""
-[equalizers.teql0]
-slaves = ["wan0", "wan1"]
-[slaves.wan0]
-down_delay = "1s"
-""")
-    core = Core(cfg, 0.0)
-    core.observe(converged(), 0.0)
-    snap = snapshot(master(up=True), slave(10, "wan0", teql="teql0", carrier=False), slave(11, "wan1", teql="teql0"),
-                    default_route=True)
-    core.observe(snap, 10.0)
-    assert core.plan(snap).converged
-    assert core.next_deadline() == 11.0
-    core.observe(snap, 11.0)
     assert commands(core, snap) == ["tc qdisc del dev wan0 root teql0"]
 
 
@@ -282,32 +238,6 @@ slaves = ["wan0"]
     assert "teql1 does not exist: sch_teql was loaded with max_equalizers=1" in plan.faults[0].message
 
 
-def test_refusal_is_diagnosed_and_retried_only_after_a_change() -> None:
-    core = Core(config(), 0.0)
-    snap = snapshot(master(up=True), slave(10, "wan0", teql="teql0"), slave(11, "wan1", mtu=1400),
-                    address=True, default_route=True)
-    core.observe(snap, 0.0)
-    attach = core.plan(snap).actions[0]
-    assert isinstance(attach, Attach) and attach.slave == "wan1"
-    t, message = core.refused(attach, errno.EINVAL, snap, 1.0)
-    assert t is not None and t.new is State.REFUSED
-    assert message.startswith("wan1: teql0 refused the slave (EINVAL): its MTU 1400 is below teql0's 1500")
-    assert "ip link set wan1 mtu 1500" in message
-    core.observe(snap, 2.0)
-    plan = core.plan(snap)
-    assert plan.converged and [f.key for f in plan.faults] == ["refused:wan1"]
-    snap.put_link(slave(11, "wan1", mtu=1500))
-    core.observe(snap, 3.0)
-    assert commands(core, snap) == ["tc qdisc add dev wan1 root teql0"]
-
-
-def test_flag_mismatch_is_diagnosed() -> None:
-    from wanbalanced.core import diagnose_refusal
-    m = master(up=True, flags=IFF_POINTOPOINT)
-    s = slave(11, "wan1")
-    assert "teql0 is POINTOPOINT and wan1 is not" in diagnose_refusal("teql0", s, m, errno.EINVAL)
-
-
 def test_rp_filter_all_warns_and_unmanaged_is_left_alone() -> None:
     core = Core(config(), 0.0)
     snap = converged()
@@ -400,94 +330,6 @@ default_route = false
     assert core.machines["wan1"].state is State.ABSENT  # a fresh start under teql1
 
 
-PROBED = """
-[equalizers.teql0]
-slaves = ["wan0", "wan1"]
-address = "10.0.0.0/31"
-rp_filter = 0
-[slaves.wan0.probe]
-targets = ["192.0.2.1"]
-interval = "100ms"
-timeout = "100ms"
-down_after = 3
-up_after = 3
-[slaves.wan0.damping]
-half_life = "10s"
-"""
-
-
-def rounds(core: Core, name: str, *oks: bool) -> bool:
-    flipped = False
-    for ok in oks:
-        flipped |= core.probe_round(name, ok)
-    return flipped
-
-
-def test_probed_slave_waits_for_up_after_good_rounds() -> None:
-    core = Core(config(PROBED), 0.0)
-    snap = snapshot(master(), slave(10, "wan0"), slave(11, "wan1"))
-    t = core.observe(snap, 0.0)
-    assert core.machines["wan0"].state is State.PROBING
-    assert [x.event.value for x in t if x.slave == "wan0"] == ["carrier_back", "await_probes"]
-    assert core.probe_settings("wan0", snap) is not None and core.probe_settings("wan1", snap) is None
-    assert commands(core, snap)[:2] == ["tc qdisc add dev wan1 root teql0", "ip link set teql0 up"]
-    assert not rounds(core, "wan0", True, True)
-    assert rounds(core, "wan0", True)
-    core.observe(snap, 0.3)
-    assert core.machines["wan0"].state is State.UP
-    assert "tc qdisc add dev wan0 root teql0" in commands(core, snap)
-
-
-def test_dead_line_with_carrier_is_detached_and_comes_back() -> None:
-    core = Core(config(PROBED), 0.0)
-    snap = converged()
-    core.observe(snap, 0.0)  # adopted: trusted until probes fail
-    assert core.machines["wan0"].state is State.UP
-    assert not rounds(core, "wan0", False, False, True, False, False)
-    core.observe(snap, 0.5)
-    assert core.plan(snap).converged, "no three failures in a row yet"
-    assert rounds(core, "wan0", False)
-    t = core.observe(snap, 0.6)
-    assert [(x.new, x.reason) for x in t] == [(State.FAILED, "3 failed probe rounds in a row (far side dead?)")]
-    assert commands(core, snap) == ["tc qdisc del dev wan0 root teql0"]
-    snap.put_qdisc(10, None)
-    assert core.probe_settings("wan0", snap) is not None, "a failed line is still probed"
-    assert rounds(core, "wan0", True, True, True)
-    core.observe(snap, 1.0)
-    assert commands(core, snap) == ["tc qdisc add dev wan0 root teql0"]
-
-
-def test_flapping_slave_is_held_down_then_reused() -> None:
-    core = Core(config(PROBED), 0.0)
-    snap = converged()
-    core.observe(snap, 0.0)
-    now = 0.0
-    m = core.machines["wan0"]
-    for i in range(3):  # three carrier flaps within a few seconds
-        assert m.state is State.UP
-        now += 1.0
-        snap.put_link(slave(10, "wan0", teql="teql0", carrier=False))
-        core.observe(snap, now)
-        now += 1.0
-        snap.put_link(slave(10, "wan0", teql="teql0"))
-        core.observe(snap, now)
-        if i < 2:
-            rounds(core, "wan0", True, True, True)  # proves itself, rejoins
-            core.observe(snap, now)
-    assert m.state is State.HELD_DOWN and m.reason.startswith("flapping: penalty ")
-    assert m.deadline is not None and core.next_deadline() == m.deadline
-    assert core.probe_settings("wan0", snap) is not None, "probes go on while held down"
-    rounds(core, "wan0", True, True, True)
-    core.observe(snap, m.deadline - 0.1)
-    assert m.state is State.HELD_DOWN, "healthy but still held"
-    held_until = m.deadline
-    t = core.observe(snap, held_until + 0.01)
-    assert [x.new for x in t] == [State.DOWN, State.UP_DELAY, State.PROBING]
-    rounds(core, "wan0", True, True, True)
-    core.observe(snap, held_until + 0.5)
-    assert m.state is State.UP
-
-
 def settled_core() -> tuple[Core, object]:
     core = Core(config(), 0.0)
     snap = converged()
@@ -505,11 +347,14 @@ def test_kernel_changes_behind_our_back_are_drift() -> None:
     snap.set_rp_filter(11, 1)                        # sysctl -w ...wan1.rp_filter=1
     core.observe(snap, 1.0)
     plan = core.plan(snap)
-    assert {a.key: a.reason for a in plan.actions} == {
-        ("rp_filter", "wan1"): "drift: rp_filter of wan1 was changed to 1",
-        ("qdisc", "wan0"): "drift: teql0 was removed from wan0 (root qdisc now noqueue)",
-        ("route", "teql0"): "drift: the default route via teql0 was deleted",
+    assert {a.key: a.drift for a in plan.actions} == {
+        ("rp_filter", "wan1"): "rp_filter of wan1 was changed to 1",
+        ("qdisc", "wan0"): "teql0 was removed from wan0 (root qdisc now noqueue)",
+        ("route", "teql0"): "the default route via teql0 was deleted",
     }
+    # Logged as the drift; the reason the plan gave is kept beside it.
+    assert plan.actions[0].why == "drift: rp_filter of wan1 was changed to 1"
+    assert plan.actions[0].reason == "rp_filter is 1"
     assert plan.drift == {("rp_filter", "wan1"), ("qdisc", "wan0"), ("route", "teql0")}
 
 
@@ -525,7 +370,7 @@ def test_state_changes_and_recreated_devices_are_not_drift() -> None:
         "tc qdisc del dev wan0 root teql0",
         "tc qdisc add dev wan1 root teql0",
     ]
-    assert not plan.drift and not any(a.reason.startswith("drift") for a in plan.actions)
+    assert not plan.drift and all(a.drift is None and a.why == a.reason for a in plan.actions)
 
 
 def test_drift_on_a_rightly_detached_slave_is_left_alone() -> None:
@@ -554,3 +399,18 @@ slaves = ["wan0", "wan1"]
 address = "10.0.0.0/31"
 route_metric = 7
 """
+
+
+def test_every_planned_action_has_a_wanted_value() -> None:
+    # desired() comes from the same planners as the actions: a planner that
+    # acts on a property must also say what it wants of it, or drift of that
+    # property would go unrecognised.
+    snap = snapshot(master(), slave(10, "wan0", rp_filter=1), slave(11, "wan1", rp_filter=2))
+    snap.put_address(Address(2, IPv4Interface("10.0.0.0/31"), 0))
+    core = Core(config(), 0.0)
+    core.observe(snap, 0.0)
+    actions = core.plan(snap).actions
+    assert {a.kind for a in actions} == {"rp_filter", "qdisc", "link", "connected_route", "route"}
+    wants = core.desired(snap)
+    assert all(a.key in wants for a in actions)
+    assert wants[("link", "teql0")] == (2, True) and wants[("connected_route", "teql0")] == (2, False)

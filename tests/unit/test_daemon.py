@@ -146,6 +146,34 @@ async def test_failed_write_is_retried_with_backoff_and_logged_once(
 
 
 @run_async
+async def test_backoff_survives_a_change_of_reason(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The default route's reason counts the attached slaves; a slave leaving
+    # changes the words, not the action: no retry before the back-off ends,
+    # and the error is not logged again at ERROR.
+    monkeypatch.setattr(daemon_mod, "BACKOFF_FIRST", 60.0)
+    kernel = FakeKernel(fresh())
+    route = "ip route replace default dev teql0"
+    kernel.failures[route] = [errno.EBUSY] * 5
+    with caplog.at_level(logging.DEBUG, logger="wanbalanced"):
+        d = Daemon(config(DAEMON_CONFIG), kernel)  # type: ignore[arg-type]
+        task = asyncio.create_task(d.run())
+        await until(lambda: bool(d._backoff))
+        [(failed, backoff)] = d._backoff.items()
+        assert failed.reason == "2 slave(s) attached"
+        kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 11, "wan1", carrier=False))
+        await until(lambda: "tc qdisc del dev wan1 root teql0" in kernel.executed)
+    [planned] = d.core.plan(d.snap).actions
+    assert planned.reason == "1 slave(s) attached"
+    assert d._backoff == {planned: backoff} and d._backoff[planned] is backoff, "the back-off was reset"
+    assert len(kernel.failures[route]) == 4, "retried before the back-off ended"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and route in r.getMessage()]
+    assert len(errors) == 1
+    assert await stop(task) == 0
+
+
+@run_async
 async def test_event_loss_resubscribes_and_resyncs_from_a_dump() -> None:
     kernel = FakeKernel(fresh())
     d, task = await start(kernel)

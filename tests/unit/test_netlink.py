@@ -8,8 +8,8 @@ from pathlib import Path
 from messages import link_msg, qdisc_msg, route_msg
 
 from wanbalanced.actions import Attach, DeleteDefaultRoute, Detach, LinkUp, ReplaceDefaultRoute, SetRpFilter
-from wanbalanced.netlink import apply_event, expect, parse_link, read_rp_filter, write_rp_filter
-from wanbalanced.observed import IFF_LOWER_UP, IFF_UP, DEFAULT_DST, Qdisc, Route, Snapshot
+from wanbalanced.netlink import apply_event, parse_link, read_rp_filter, write_rp_filter
+from wanbalanced.observed import Qdisc, Snapshot
 
 
 def test_link_events_track_carrier_and_deletion() -> None:
@@ -70,19 +70,57 @@ def test_routes_filtered_and_replaced() -> None:
     assert not snap.default_routes(254)
 
 
-def test_expect_applies_known_effects() -> None:
-    snap = Snapshot()
-    apply_event(snap, link_msg("RTM_NEWLINK", 2, "teql0", up=False))
-    apply_event(snap, link_msg("RTM_NEWLINK", 3, "wan0"))
-    expect(snap, Attach("r", "teql0", "wan0", 3))
-    assert snap.links[3].attached_to("teql0")
-    expect(snap, LinkUp("r", "teql0", 2))
-    assert snap.links[2].admin_up
-    expect(snap, ReplaceDefaultRoute("r", "teql0", 2, 0, 254))
-    assert snap.default_routes(254) == [Route(254, DEFAULT_DST, 0, 2)]
-    expect(snap, DeleteDefaultRoute("r", "teql0", 2, 0, 254))
-    expect(snap, Detach("r", "teql0", "wan0", 3))
-    assert not snap.default_routes(254) and not snap.links[3].attached_to("teql0")
+def test_each_action_is_one_pyroute2_call() -> None:
+    import asyncio
+    import errno
+
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from wanbalanced.actions import AddAddress, DeleteAddress, DeleteConnectedRoute
+    from wanbalanced.netlink import Kernel, KernelError
+
+    calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = []
+
+    class Requests:
+        """Records what Kernel asks of pyroute2's AsyncIPRoute."""
+
+        def __getattr__(self, method: str) -> object:
+            async def call(*args: object, **kw: object) -> None:
+                calls.append((method, args, kw))
+                if args[:2] == ("add", "teql1"):
+                    raise NetlinkError(errno.EEXIST, "File exists")
+                if args[:2] == ("add", "teql2"):
+                    raise NetlinkError(errno.EINVAL, "Invalid argument")
+            return call
+
+    kernel = Kernel()
+    kernel._requests = Requests()  # type: ignore[assignment]
+    addr = IPv4Interface("10.0.0.0/31")
+    for action in (
+        Attach("r", "teql0", "wan0", 3), Attach("r", "teql0", "wan0", 3, replace=True), Detach("r", "teql0", "wan0", 3),
+        LinkUp("r", "teql0", 2), AddAddress("r", "teql0", 2, addr), DeleteAddress("r", "teql0", 2, addr),
+        DeleteConnectedRoute("r", "teql0", 2, addr.network, 100), ReplaceDefaultRoute("r", "teql0", 2, 5, 254),
+        DeleteDefaultRoute("r", "teql0", 2, 5, 254), Attach("r", "teql1", "wan0", 3),
+    ):
+        asyncio.run(kernel.execute(action))
+    assert calls == [
+        ("tc", ("add", "teql0", 3, 0), {}),
+        ("tc", ("replace", "teql0", 3, 0), {}),
+        ("tc", ("del", "teql0", 3, 0), {}),
+        ("link", ("set",), {"index": 2, "state": "up"}),
+        ("addr", ("add",), {"index": 2, "address": "10.0.0.0", "prefixlen": 31, "flags": 0x200}),
+        ("addr", ("del",), {"index": 2, "address": "10.0.0.0", "prefixlen": 31}),
+        ("route", ("del",), {"dst": "10.0.0.0/31", "oif": 2, "table": 100, "proto": 2, "scope": 253}),
+        ("route", ("replace",), {"dst": "0.0.0.0/0", "oif": 2, "priority": 5, "table": 254}),
+        ("route", ("del",), {"dst": "0.0.0.0/0", "oif": 2, "table": 254, "priority": 5}),
+        ("tc", ("add", "teql1", 3, 0), {}),  # EEXIST: attached meanwhile, which is the goal
+    ]
+    try:
+        asyncio.run(kernel.execute(Attach("r", "teql2", "wan0", 3)))
+    except KernelError as e:
+        assert e.errno == errno.EINVAL and e.action == Attach("r", "teql2", "wan0", 3)
+    else:
+        raise AssertionError("the refusal was swallowed")
 
 
 def test_rp_filter_roundtrip_and_dotted_names(tmp_path: Path) -> None:
