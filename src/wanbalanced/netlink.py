@@ -18,7 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from ipaddress import IPv4Interface, IPv4Network
 from typing import Any, TypeVar
 
-from pyroute2 import AsyncIPRoute
+from . import _pyroute2  # noqa: F401 - first: pyroute2 without its package __init__
+
+from pyroute2.iproute.linux import AsyncIPRoute
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nlsocket import NetlinkRequest
