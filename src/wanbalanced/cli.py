@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 import time
@@ -41,6 +40,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: check-config and status need no event loop
+
     from . import daemon, logs
 
     # A reload request before the loop can take it must not kill the daemon
@@ -86,6 +87,8 @@ async def _plan(config: Config) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    import asyncio
+
     config = _load(args.config)
     if config is None:
         return PLAN_ERROR

@@ -28,3 +28,10 @@ def test_the_whole_pyroute2_is_still_there_for_who_asks() -> None:
     mods = _modules_after("import wanbalanced.netlink\nfrom pyroute2 import IPRoute, NDB\n"
                           "import pyroute2\nassert pyroute2.IPRoute is IPRoute and pyroute2.__version__")
     assert "pyroute2.ndb.main" in mods
+
+
+def test_check_config_and_status_need_no_event_loop_nor_core() -> None:
+    # What `wanbalanced check-config` and `wanbalanced status` import.
+    mods = _modules_after("import wanbalanced.cli, wanbalanced.status")
+    for heavy in ("asyncio", "wanbalanced.core", "wanbalanced.netlink", "pyroute2", "prometheus_client"):
+        assert heavy not in mods
