@@ -217,7 +217,7 @@ async def test_answered_round_is_ok() -> None:
     h.prober.stop()
     assert result.slave == "wan0" and result.seq == h.first and result.ok and result.error is None
     assert set(result.rtts) == {T1} and result.rtts[T1] >= 0 and result.lost == ()
-    assert h.prober.sent == {T1: 1} and h.prober.lost == {T1: 0} and h.prober.ignored == 0
+    assert h.prober.ignored == 0
 
 
 @run_async
@@ -228,7 +228,6 @@ async def test_missing_reply_is_lost_after_timeout() -> None:
     result = await h.result()
     h.prober.stop()
     assert not result.ok and result.rtts == {} and result.lost == (T1,) and result.error is None
-    assert h.prober.sent == {T1: 1} and h.prober.lost == {T1: 1}
 
 
 @run_async
@@ -306,7 +305,6 @@ async def test_min_targets(min_targets: int, ok: bool) -> None:
     result = await h.result()
     h.prober.stop()
     assert result.ok is ok and set(result.rtts) == {T2} and result.lost == (T1,)
-    assert h.prober.sent == {T1: 1, T2: 1} and h.prober.lost == {T1: 1, T2: 0}
 
 
 @run_async
@@ -320,7 +318,7 @@ async def test_reply_slower_than_max_rtt_is_lost() -> None:
     result = await h.result()
     h.prober.stop()
     assert not result.ok and result.rtts == {} and result.lost == (T1,)
-    assert h.prober.lost == {T1: 1} and h.prober.ignored == 1
+    assert h.prober.ignored == 1
 
 
 @run_async
@@ -394,7 +392,9 @@ async def test_sendto_error_fails_the_round() -> None:
     h.prober.stop()
     assert not result.ok and result.rtts == {} and result.lost == (T1, T2)
     assert result.error is not None and "Network is unreachable" in result.error and T1 in result.error
-    assert h.prober.sent == {T1: 0, T2: 0} and h.prober.lost == {T1: 0, T2: 0}
+    assert h.peer is not None
+    with pytest.raises(BlockingIOError):  # no echo left: every sendto failed
+        h.peer.recv(4096)
 
 
 @run_async
@@ -459,7 +459,7 @@ async def test_partly_answered_round_waits_for_its_timeout() -> None:
     h.answer(requests[T1])
     result = await h.result()
     h.prober.stop()
-    assert result.ok and set(result.rtts) == {T1, T2} and h.prober.lost == {T1: 0, T2: 0}
+    assert result.ok and set(result.rtts) == {T1, T2} and result.lost == ()
 
 
 @run_async
