@@ -287,7 +287,6 @@ class Kernel:
         self._events: AsyncIPRoute | None = None
         self._requests: AsyncIPRoute | None = None
         self.rcvbuf = rcvbuf
-        self.interrupted_dumps = 0
         self.counts = Counts()  # dropped datagrams and messages, both sockets
         self.teql: set[int] = set()  # ifindexes of teqlN devices, for the route screen
         self.strict = False  # strict-checked dumps: the kernel filters route dumps
@@ -356,7 +355,6 @@ class Kernel:
                     kept.append(value)
             if not interrupted:
                 return kept
-            self.interrupted_dumps += 1
             log.info("the %s dump was interrupted by a change: dumping again", what)
         return kept  # still changing: the events that follow will correct it
 
