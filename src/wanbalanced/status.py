@@ -7,7 +7,6 @@ that value, never netlink.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket

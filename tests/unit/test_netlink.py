@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from messages import link_msg, qdisc_msg, route_msg
 
 from wanbalanced.actions import Attach, DeleteDefaultRoute, Detach, LinkUp, ReplaceDefaultRoute, SetRpFilter
 from wanbalanced.netlink import apply_event, expect, parse_link, read_rp_filter, write_rp_filter
-from wanbalanced.observed import IFF_LOWER_UP, IFF_UP, DEFAULT_DST, Qdisc, Route, Snapshot
+from wanbalanced.observed import DEFAULT_DST, Qdisc, Route, Snapshot
 
 
 def test_link_events_track_carrier_and_deletion() -> None:
