@@ -121,13 +121,29 @@ def test_parse_rejects(name: str) -> None:
 
 
 def test_parse_never_raises() -> None:
+    # Truncated, extended and mangled replies: the parser returns a reply or
+    # None, never raises, and what it returns is really in the packet.
     rng = random.Random(4)
+    accepted = rejected = 0
     for _ in range(5000):
         base = rng.choice([GOOD, b""])
         packet = bytearray(base[:rng.randrange(len(base) + 1)] + rng.randbytes(rng.randrange(40)))
         if packet and rng.random() < 0.5:
             packet[0] = 0x40 | rng.randrange(16)
-        parse_echo_reply(bytes(packet))
+        data = bytes(packet)
+        parsed = parse_echo_reply(data)
+        if data.startswith(GOOD):  # the whole reply, with trailing bytes beyond its total length
+            assert parsed is not None and (parsed.source, parsed.ident, parsed.seq) == (T1, 1, 2)
+            assert parsed.message == GOOD[20:]
+        if len(data) < 28 or data[0] >> 4 != 4:  # no IPv4 header and ICMP header in it
+            assert parsed is None
+        if parsed is None:
+            rejected += 1
+        else:
+            accepted += 1
+            assert parsed.message[0] == 0 and len(parsed.message) >= 8 and parsed.message in data
+            assert socket.inet_aton(parsed.source) == data[12:16]
+    assert accepted > 100 and rejected > 100  # both paths were taken, many times
 
 
 @pytest.mark.parametrize(("kwargs", "fragment"), [
