@@ -9,10 +9,10 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
-from .config import Config, ConfigError, load_config
+from .config import DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET
+from .config import LOG_LEVELS, Config, ConfigError, load_config
 
 DEFAULT_CONFIG = "/etc/wanbalanced/config.toml"
-DEFAULT_SOCKET = "/run/wanbalanced/control.sock"
 
 # Exit statuses of `plan`, as documented.
 PLAN_CONVERGED, PLAN_ERROR, PLAN_PENDING = 0, 1, 2
@@ -160,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"wanbalanced {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument("--log-level", choices=["debug", "info", "notice", "warning", "error"])
+    run.add_argument("--log-level", choices=LOG_LEVELS)
     run.add_argument("--allow-insecure-config", action="store_true",
                      help="accept a config file that others than root may write (not recommended)")
     run.set_defaults(func=cmd_run)

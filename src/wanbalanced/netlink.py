@@ -58,6 +58,7 @@ from .observed import (
     Snapshot,
     is_teql_name,
 )
+from .config import DEFAULT_NETLINK_RCVBUF
 from .nlguard import Counts, GuardedMarshal, Skipped, dump_parser, guard
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ GROUPS = (RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
           | 1 << (RTNLGRP_IPV4_NETCONF - 1))
 PROC_CONF = "/proc/sys/net/ipv4/conf"
 # Room for an event storm: thousands of flaps queue here rather than overrun.
-RCVBUF = 8 * 1024 * 1024
+RCVBUF = DEFAULT_NETLINK_RCVBUF
 SO_RCVBUFFORCE = 33
 
 Msg = Any  # a pyroute2 nlmsg: dict-like with get_attr()
