@@ -10,6 +10,7 @@ what it started; the suite then tears the lines down.
 |---|---|---|
 | ``teql`` | TEQL by hand (the seed) | never: the kernel only skips a slave without carrier |
 | ``teql-ifplugd`` | TEQL + ifplugd per slave, script ``tc qdisc del``/``replace`` | RTM_DELQDISC of teql0 |
+| ``bare-pyroute2`` | TEQL + a dozen lines of asyncio/pyroute2 (the floor for a Python daemon) | RTM_DELQDISC of teql0 |
 | ``bond-miimon`` | bonding balance-rr, miimon=100 | slave MII status down |
 | ``bond-arp`` | bonding balance-rr, arp_interval=100 to 192.0.2.1 | slave MII status down |
 | ``team-ethtool`` | team roundrobin (teamd), ethtool link watch | the team driver's port link down |
@@ -30,6 +31,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -197,6 +199,64 @@ class TeqlIfplugd(Teql):
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
+
+
+BARE_LOOP = """
+import asyncio, sys
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+async def main():
+    slaves = set(sys.argv[1:])
+    async with AsyncIPRoute() as events, AsyncIPRoute() as requests:
+        await events.bind(groups=RTMGRP_LINK)
+        print("ready", flush=True)
+        while True:
+            async for msg in events.get():
+                if msg["event"] == "RTM_NEWLINK" and msg.get_attr("IFLA_IFNAME") in slaves:
+                    up = msg.get_attr("IFLA_CARRIER") == 1
+                    try:
+                        await requests.tc("add" if up else "del", "teql0", msg["index"], 0)
+                    except Exception:
+                        pass  # already so
+asyncio.run(main())
+"""
+
+
+class BareLoop(Teql):
+    """The floor for a Python daemon: asyncio + pyroute2 and nothing else.
+    It listens for RTM_NEWLINK, deletes a slave's teql0 on carrier loss and
+    adds it again when the carrier returns (else the latency suite could
+    not cut the line again); no config, state, logging or checks."""
+
+    name = "bare-pyroute2"
+    label = "TEQL + a bare asyncio/pyroute2 loop (delete teql0 on carrier loss)"
+    reacts = True
+    userspace = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def setup(self, lines: Lines) -> None:
+        super().setup(lines)
+        self.proc = subprocess.Popen([sys.executable, "-c", BARE_LOOP, *lines.slaves], stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("bare loop did not start")
+
+    def ready(self) -> bool:
+        return super().ready() and self.proc is not None and self.proc.poll() is None
+
+    def teardown(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        self.proc = None
+        super().teardown()
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
 
 
 # -- wanbalanced ----------------------------------------------------------------------
@@ -409,7 +469,7 @@ class TeamArp(Team):
                 and e.get("on") is True)
 
 
-ALL: list[type[Contender]] = [Teql, TeqlIfplugd, Bond, BondArp, Team, TeamArp, Wb, WbProbes, WbProbesFast]
+ALL: list[type[Contender]] = [Teql, TeqlIfplugd, BareLoop, Bond, BondArp, Team, TeamArp, Wb, WbProbes, WbProbesFast]
 #: What a run measures unless WB_BENCH_CONTENDERS says otherwise.
 DEFAULT = [c.name for c in ALL]
 

@@ -14,7 +14,6 @@ exits with the command's exit status (125 if the guest reported none).
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 import time
 from collections.abc import Sequence
 
 from . import __version__
-from .config import Config, ConfigError, load_config
+from .config import DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET
+from .config import LOG_LEVELS, Config, ConfigError, load_config
 
 DEFAULT_CONFIG = "/etc/wanbalanced/config.toml"
-DEFAULT_SOCKET = "/run/wanbalanced/control.sock"
 
 # Exit statuses of `plan`, as documented.
 PLAN_CONVERGED, PLAN_ERROR, PLAN_PENDING = 0, 1, 2
@@ -41,6 +40,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: check-config and status need no event loop
+
     from . import daemon, logs
 
     # A reload request before the loop can take it must not kill the daemon
@@ -86,6 +87,8 @@ async def _plan(config: Config) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    import asyncio
+
     config = _load(args.config)
     if config is None:
         return PLAN_ERROR
@@ -157,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"wanbalanced {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument("--log-level", choices=["debug", "info", "notice", "warning", "error"])
+    run.add_argument("--log-level", choices=LOG_LEVELS)
     run.add_argument("--allow-insecure-config", action="store_true",
                      help="accept a config file that others than root may write (not recommended)")
     run.set_defaults(func=cmd_run)

@@ -14,7 +14,7 @@ import stat
 import tomllib
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_interface
-from typing import Annotated, Any, Iterable, Literal
+from typing import Annotated, Any, Iterable, Literal, get_args
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       ValidationError, ValidationInfo, model_validator)
@@ -30,6 +30,12 @@ _DURATION_FORMS = 'expected a duration such as "250ms", "2s", "1.5s", "1m", or a
 _TEQL_RE = re.compile(r"teql(0|[1-9][0-9]*)")  # the names sch_teql gives its devices
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+# Defaults that other modules (the CLI, the netlink edge, logging) take from here.
+LogLevel = Literal["debug", "info", "notice", "warning", "error"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)  #: least severe first
+DEFAULT_CONTROL_SOCKET = "/run/wanbalanced/control.sock"
+DEFAULT_NETLINK_RCVBUF = 8 << 20
 
 
 def _q(v: object) -> str:
@@ -296,15 +302,15 @@ class DaemonConfig(BaseModel):
 
     model_config = _STRICT
     metrics_listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:9783"
-    log_level: Literal["debug", "info", "notice", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
     # Where `wanbalanced status` asks the running daemon; "" disables it.
-    control_socket: Annotated[str, AfterValidator(_check_socket_path)] = "/run/wanbalanced/control.sock"
+    control_socket: Annotated[str, AfterValidator(_check_socket_path)] = DEFAULT_CONTROL_SOCKET
     # How often link counters are refreshed for the metrics (one link dump).
     stats_interval: Annotated[Duration, AfterValidator(_check_stats_interval)] = 5.0
     # A full dump and reconcile now and then, as a safety net; 0 disables it.
     reconcile_interval: Annotated[Duration, AfterValidator(_check_reconcile_interval)] = 300.0
     # Receive buffer of the netlink event socket: room for event storms.
-    netlink_rcvbuf: Annotated[int, Field(ge=4096, le=1 << 30)] = 8 << 20
+    netlink_rcvbuf: Annotated[int, Field(ge=4096, le=1 << 30)] = DEFAULT_NETLINK_RCVBUF
 
 
 class Config(BaseModel):

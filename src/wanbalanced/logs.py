@@ -12,16 +12,13 @@ import os
 import sys
 from typing import Any, TextIO
 
+from .config import LOG_LEVELS
+
 NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
 
-LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "notice": NOTICE,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
+#: The configurable names (config.LOG_LEVELS, least severe first) -> logging levels.
+LEVELS = dict(zip(LOG_LEVELS, (logging.DEBUG, logging.INFO, NOTICE, logging.WARNING, logging.ERROR), strict=True))
 
 #: The structured fields wanbalanced attaches to records.
 FIELDS = ("EQUALIZER", "SLAVE", "EVENT", "FAULT", "REASON", "COMMAND")

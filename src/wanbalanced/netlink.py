@@ -18,7 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from ipaddress import IPv4Interface, IPv4Network
 from typing import Any, TypeVar
 
-from pyroute2 import AsyncIPRoute
+from . import _pyroute2  # noqa: F401 - first: pyroute2 without its package __init__
+
+from pyroute2.iproute.linux import AsyncIPRoute
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nlsocket import NetlinkRequest
@@ -43,6 +45,7 @@ from .observed import (
     Snapshot,
     is_teql_name,
 )
+from .config import DEFAULT_NETLINK_RCVBUF
 from .nlguard import Counts, GuardedMarshal, Skipped, dump_parser, guard
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ GROUPS = (RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
           | 1 << (RTNLGRP_IPV4_NETCONF - 1))
 PROC_CONF = "/proc/sys/net/ipv4/conf"
 # Room for an event storm: thousands of flaps queue here rather than overrun.
-RCVBUF = 8 * 1024 * 1024
+RCVBUF = DEFAULT_NETLINK_RCVBUF
 SO_RCVBUFFORCE = 33
 
 Msg = Any  # a pyroute2 nlmsg: dict-like with get_attr()
@@ -253,7 +256,6 @@ class Kernel:
         self._events: AsyncIPRoute | None = None
         self._requests: AsyncIPRoute | None = None
         self.rcvbuf = rcvbuf
-        self.interrupted_dumps = 0
         self.counts = Counts()  # dropped datagrams and messages, both sockets
         self.teql: set[int] = set()  # ifindexes of teqlN devices, for the route screen
         self.strict = False  # strict-checked dumps: the kernel filters route dumps
@@ -322,7 +324,6 @@ class Kernel:
                     kept.append(value)
             if not interrupted:
                 return kept
-            self.interrupted_dumps += 1
             log.info("the %s dump was interrupted by a change: dumping again", what)
         return kept  # still changing: the events that follow will correct it
 

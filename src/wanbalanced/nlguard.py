@@ -21,6 +21,8 @@ import struct
 from collections.abc import Callable, Collection
 from typing import Any
 
+from . import _pyroute2  # noqa: F401 - first: pyroute2 without its package __init__
+
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_DELROUTE, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 

@@ -115,7 +115,6 @@ class _Round:
     pending: dict[str, float] = field(default_factory=dict)  # target -> clock() at its sendto
     payloads: dict[str, bytes] = field(default_factory=dict) # target -> its echo's payload (magic + nonce)
     rtts: dict[str, float] = field(default_factory=dict)     # answered in time
-    sent: list[str] = field(default_factory=list)
     error: str | None = None
     judge: asyncio.TimerHandle | None = None
 
@@ -301,8 +300,6 @@ class Prober:
         self.clock = time.monotonic  # the event loop's clock: it also places rounds on the grid
         self.ident = _new_ident()
         weakref.finalize(self, _live_idents.discard, self.ident)
-        self.sent: dict[str, int] = dict.fromkeys(settings.targets, 0)
-        self.lost: dict[str, int] = dict.fromkeys(settings.targets, 0)
         self.ignored = 0
         self._sock_factory = sock_factory or functools.partial(open_socket, slave, self.ident, settings.source)
         self._sock: socket.socket | None = None
@@ -387,8 +384,6 @@ class Prober:
             except OSError as e:  # the round still waits for its timeout, so verdicts keep their pace
                 rnd.error = rnd.error or f"sendto {target}: {e.strerror or e}"
                 continue
-            self.sent[target] += 1
-            rnd.sent.append(target)
             rnd.pending[target] = now
         start = due if now - due <= _SLOT_SLACK else now
         rnd.judge = self._loop.call_at(start + self.settings.timeout, self._timeout, seq)
@@ -422,9 +417,6 @@ class Prober:
         rnd = self._rounds.pop(seq)
         if rnd.judge is not None:
             rnd.judge.cancel()
-        for target in rnd.sent:
-            if target not in rnd.rtts:
-                self.lost[target] += 1
         lost = tuple(t for t in self.settings.targets if t not in rnd.rtts)
         ok = rnd.error is None and len(rnd.rtts) >= self.settings.min_targets
         self.on_round(RoundResult(self.slave, seq, rnd.sent_at, dict(rnd.rtts), lost, ok, rnd.error))

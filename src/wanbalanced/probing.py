@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 class TargetCount:
     sent: int = 0
     lost: int = 0
-    last_rtt: float | None = None
 
 
 def probed_series(core: Core) -> set[tuple[str, str]]:
@@ -96,7 +95,6 @@ class ProbeManager:
         for target, rtt in result.rtts.items():
             count = self.counts.setdefault((result.slave, target), TargetCount())
             count.sent += 1
-            count.last_rtt = rtt
             self._on_rtt(result.slave, target, rtt)
         for target in result.lost:
             count = self.counts.setdefault((result.slave, target), TargetCount())

@@ -7,19 +7,21 @@ that value, never netlink.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import Config
-from .core import Core, Fault
 from .observed import LinkStats, Snapshot
 from .slave import State
+
+if TYPE_CHECKING:  # not at run time: `wanbalanced status` needs neither asyncio nor the core
+    import asyncio
+
+    from .config import Config
+    from .core import Core, Fault
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ async def serve(path: str, current: Any, *, max_clients: int = MAX_CLIENTS,
     handler longer than two `io_timeout`s, nor make it buffer more than one
     answer, and at most `max_clients` are served at once.
     """
+    import asyncio
+
     p = Path(path)
     if p.exists() or p.is_symlink():
         try:

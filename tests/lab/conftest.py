@@ -21,6 +21,9 @@ if str(_REPO) not in sys.path:
 from lab.daemon import Wanbalanced  # noqa: E402
 from lab.topo import Lab, reset_teql  # noqa: E402
 
+#: Each phase's report (setup, call, teardown), for fixtures that act on failure.
+PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
 IN_LAB = os.path.isdir("/sys/module/sch_teql") or os.environ.get("WB_IN_LAB") == "1"
 SKIP_REASON = "needs the UML lab (real sch_teql): run `make test`, which boots it"
 
@@ -40,6 +43,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "lab_setup(n_slaves=2, up=True, attach=False, ipv6=False): "
         "arguments for Lab.setup() in the `lab` fixture",
     )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the item, so that a fixture's teardown
+    knows whether the test failed."""
+    report = yield
+    item.stash.setdefault(PHASE_REPORTS, {})[report.when] = report  # type: ignore[index]
+    return report
 
 
 def pytest_collection_modifyitems(
@@ -74,7 +86,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
 
 
 @pytest.fixture
-def wb(tmp_path: Path) -> Iterator[Wanbalanced]:
+def wb(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Wanbalanced]:
     """The real `wanbalanced run` (not started yet) with the two-slave config;
     killed after the test, its log printed if the test failed."""
     daemon = Wanbalanced(tmp_path)
@@ -82,3 +94,11 @@ def wb(tmp_path: Path) -> Iterator[Wanbalanced]:
         yield daemon
     finally:
         daemon.kill()
+        reports = request.node.stash.get(PHASE_REPORTS, {})
+        if any(r.failed for r in reports.values()) and daemon.log_path.exists():
+            text = daemon.log_path.read_text(errors="replace")
+            # Past the capture: a passing teardown's captured output is never shown.
+            capture = request.config.pluginmanager.getplugin("capturemanager")
+            with capture.global_and_fixture_disabled():
+                print(f"\n----- {request.node.nodeid}: the daemon's log ({daemon.log_path}) -----\n"
+                      f"{text.rstrip()}\n----- end of the daemon's log -----", flush=True)

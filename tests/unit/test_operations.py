@@ -181,8 +181,27 @@ def test_journal_detection_compares_the_stream(tmp_path: Path, monkeypatch: pyte
         assert not logs.under_journald(f)
 
 
-def test_unused_builders_still_build() -> None:
-    assert snapshot(master(), slave(1, "wan0")).link("wan0") is not None
+def test_kernel_state_builders_make_what_they_say() -> None:
+    # The other tests trust these fakes: they must hold what their arguments say.
+    from ipaddress import IPv4Interface
+
+    from wanbalanced.observed import DEFAULT_DST, IFF_LOWER_UP, IFF_NOARP, IFF_UP
+
+    snap = snapshot(master(up=True), slave(1, "wan0"), slave(3, "wan1", carrier=False, teql="teql0"),
+                    address=True, default_route=True)
+    wan0, wan1, teql = snap.link("wan0"), snap.link("wan1"), snap.link("teql0")
+    assert wan0 is not None and wan1 is not None and teql is not None
+    assert (wan0.index, wan0.carrier, wan0.admin_up) == (1, True, True) and wan0.flags & IFF_LOWER_UP
+    assert wan0.qdisc is not None and wan0.qdisc.kind == "noqueue"
+    assert (wan1.index, wan1.carrier, wan1.admin_up) == (3, False, True) and not wan1.flags & IFF_LOWER_UP
+    assert wan1.qdisc is not None and wan1.qdisc.kind == "teql0"
+    assert teql.flags & IFF_NOARP and teql.flags & IFF_UP and not teql.carrier
+    assert [a.interface for a in snap.addresses_of(teql.index)] == [IPv4Interface("10.0.0.0/31")]
+    assert [(r.dst, r.oif) for r in snap.default_routes(254)] == [(DEFAULT_DST, teql.index)]
+    bare = snapshot(master(), slave(1, "wan0", up=False))
+    assert bare.addresses_of(2) == [] and bare.default_routes(254) == []
+    down = bare.link("wan0")
+    assert down is not None and not down.admin_up and not down.flags & IFF_LOWER_UP
 
 
 def test_exposition_is_exactly_the_documented_contract() -> None:

@@ -121,13 +121,29 @@ def test_parse_rejects(name: str) -> None:
 
 
 def test_parse_never_raises() -> None:
+    # Truncated, extended and mangled replies: the parser returns a reply or
+    # None, never raises, and what it returns is really in the packet.
     rng = random.Random(4)
+    accepted = rejected = 0
     for _ in range(5000):
         base = rng.choice([GOOD, b""])
         packet = bytearray(base[:rng.randrange(len(base) + 1)] + rng.randbytes(rng.randrange(40)))
         if packet and rng.random() < 0.5:
             packet[0] = 0x40 | rng.randrange(16)
-        parse_echo_reply(bytes(packet))
+        data = bytes(packet)
+        parsed = parse_echo_reply(data)
+        if data.startswith(GOOD):  # the whole reply, with trailing bytes beyond its total length
+            assert parsed is not None and (parsed.source, parsed.ident, parsed.seq) == (T1, 1, 2)
+            assert parsed.message == GOOD[20:]
+        if len(data) < 28 or data[0] >> 4 != 4:  # no IPv4 header and ICMP header in it
+            assert parsed is None
+        if parsed is None:
+            rejected += 1
+        else:
+            accepted += 1
+            assert parsed.message[0] == 0 and len(parsed.message) >= 8 and parsed.message in data
+            assert socket.inet_aton(parsed.source) == data[12:16]
+    assert accepted > 100 and rejected > 100  # both paths were taken, many times
 
 
 @pytest.mark.parametrize(("kwargs", "fragment"), [
@@ -217,7 +233,7 @@ async def test_answered_round_is_ok() -> None:
     h.prober.stop()
     assert result.slave == "wan0" and result.seq == h.first and result.ok and result.error is None
     assert set(result.rtts) == {T1} and result.rtts[T1] >= 0 and result.lost == ()
-    assert h.prober.sent == {T1: 1} and h.prober.lost == {T1: 0} and h.prober.ignored == 0
+    assert h.prober.ignored == 0
 
 
 @run_async
@@ -228,7 +244,6 @@ async def test_missing_reply_is_lost_after_timeout() -> None:
     result = await h.result()
     h.prober.stop()
     assert not result.ok and result.rtts == {} and result.lost == (T1,) and result.error is None
-    assert h.prober.sent == {T1: 1} and h.prober.lost == {T1: 1}
 
 
 @run_async
@@ -306,7 +321,6 @@ async def test_min_targets(min_targets: int, ok: bool) -> None:
     result = await h.result()
     h.prober.stop()
     assert result.ok is ok and set(result.rtts) == {T2} and result.lost == (T1,)
-    assert h.prober.sent == {T1: 1, T2: 1} and h.prober.lost == {T1: 1, T2: 0}
 
 
 @run_async
@@ -320,7 +334,7 @@ async def test_reply_slower_than_max_rtt_is_lost() -> None:
     result = await h.result()
     h.prober.stop()
     assert not result.ok and result.rtts == {} and result.lost == (T1,)
-    assert h.prober.lost == {T1: 1} and h.prober.ignored == 1
+    assert h.prober.ignored == 1
 
 
 @run_async
@@ -394,7 +408,9 @@ async def test_sendto_error_fails_the_round() -> None:
     h.prober.stop()
     assert not result.ok and result.rtts == {} and result.lost == (T1, T2)
     assert result.error is not None and "Network is unreachable" in result.error and T1 in result.error
-    assert h.prober.sent == {T1: 0, T2: 0} and h.prober.lost == {T1: 0, T2: 0}
+    assert h.peer is not None
+    with pytest.raises(BlockingIOError):  # no echo left: every sendto failed
+        h.peer.recv(4096)
 
 
 @run_async
@@ -459,7 +475,7 @@ async def test_partly_answered_round_waits_for_its_timeout() -> None:
     h.answer(requests[T1])
     result = await h.result()
     h.prober.stop()
-    assert result.ok and set(result.rtts) == {T1, T2} and h.prober.lost == {T1: 0, T2: 0}
+    assert result.ok and set(result.rtts) == {T1, T2} and result.lost == ()
 
 
 @run_async
