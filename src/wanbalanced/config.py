@@ -19,6 +19,8 @@ from typing import Annotated, Any, Iterable, Literal, get_args
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       ValidationError, ValidationInfo, model_validator)
 
+from .observed import TEQL_LIKE, teql_number
+
 __all__ = ["Config", "ConfigError", "DaemonConfig", "DampingConfig", "Duration", "EqualizerConfig",
            "ProbeConfig", "Problem", "SlaveConfig", "load_config", "parse_config"]
 
@@ -27,7 +29,6 @@ _MAX_DURATION = 86400.0  # a day: anything longer is surely a typo, not a deboun
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)")
 _DURATION_FORMS = 'expected a duration such as "250ms", "2s", "1.5s", "1m", or a number of seconds'
-_TEQL_RE = re.compile(r"teql(0|[1-9][0-9]*)")  # the names sch_teql gives its devices
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -84,13 +85,13 @@ def _check_ifname(name: str) -> str:
 
 def _check_slave_name(name: str) -> str:
     _check_ifname(name)
-    if re.fullmatch(r"teql[0-9]+", name):
+    if TEQL_LIKE.fullmatch(name):
         raise ValueError(f"{_q(name)} is named like a teql device; a slave must be a real interface")
     return name
 
 
 def _check_equalizer_name(name: str) -> str:
-    if not _TEQL_RE.fullmatch(name) or len(name) > 15:
+    if teql_number(name) is None or len(name) > 15:
         raise ValueError(f"equalizer name {_q(name)} is not a teql device name "
                          "(teql0, teql1, ...: the names sch_teql creates, at most 15 bytes)")
     return name

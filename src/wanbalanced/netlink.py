@@ -36,6 +36,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from .actions import Action
 from .observed import (
     DEFAULT_DST,
+    IFF_LOWER_UP,
     RTN_UNICAST,
     Address,
     Link,
@@ -118,7 +119,7 @@ def parse_link(msg: Msg, *, stats: bool = True) -> Link:
         name=str(msg.get_attr("IFLA_IFNAME")),
         flags=flags,
         # Older kernels omit IFLA_CARRIER; IFF_LOWER_UP says the same.
-        carrier=bool(carrier) if carrier is not None else bool(flags & 0x10000),
+        carrier=bool(carrier) if carrier is not None else bool(flags & IFF_LOWER_UP),
         mtu=int(msg.get_attr("IFLA_MTU") or 0),
         kind=kind,
         stats=parse_stats(msg) if stats else None,

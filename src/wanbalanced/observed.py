@@ -8,6 +8,7 @@ types and applies them with the methods of `Snapshot`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 
@@ -243,9 +244,16 @@ class Snapshot:
         }
 
 
+#: The names sch_teql gives its devices: teql0, teql1, ... (no leading zero).
+TEQL_NAME = re.compile(r"teql(0|[1-9][0-9]*)")
+#: Names a slave may not have: anything that reads as a teql device.
+TEQL_LIKE = re.compile(r"teql[0-9]+")
+
+
 def teql_number(name: str) -> int | None:
     """N of teqlN, as sch_teql names its devices; None for any other name."""
-    return int(name[4:]) if name.startswith("teql") and name[4:].isdigit() else None
+    m = TEQL_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
 
 
 def is_teql_name(name: str) -> bool:
