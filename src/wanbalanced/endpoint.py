@@ -127,6 +127,11 @@ class MetricsServer:
     def open_connections(self) -> int:
         return len(self._conns)
 
+    @property
+    def busy_connections(self) -> int:
+        """Connections whose request was read and is being answered."""
+        return sum(1 for c in list(self._conns) if c.busy)
+
     def start(self, host: str, port: int) -> None:
         family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                           flags=socket.AI_PASSIVE)[0]

@@ -166,7 +166,9 @@ def test_when_every_slot_is_busy_a_new_connection_is_closed(make_server: Callabl
     busy = [connect(server) for _ in range(2)]
     for s in busy:
         s.sendall(b"GET / HTTP/1.1\r\n\r\n")
-    wait_for(lambda: server.open_connections == 2, "two requests in progress")
+    # Accepted is not enough: a connection whose request the server has not
+    # read yet is the one a newcomer may evict.
+    wait_for(lambda: server.busy_connections == 2, "two requests in progress")
     late = connect(server)
     wait_for(lambda: closed_by_server(late), "the connection past the cap closed")
     assert not any(closed_by_server(s) for s in busy), "requests being answered are not evicted"
