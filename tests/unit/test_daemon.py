@@ -23,7 +23,7 @@ from messages import link_msg
 
 from wanbalanced import daemon as daemon_mod
 from wanbalanced.actions import Action
-from wanbalanced.daemon import Daemon
+from wanbalanced.daemon import Daemon, Intent
 from wanbalanced.netlink import KernelError, Msg, expect
 from wanbalanced.observed import Snapshot
 
@@ -417,8 +417,8 @@ async def test_watchdog_pings_only_while_the_loop_and_the_reader_live() -> None:
     d.supervisor.cancel(daemon_mod.READER)
     assert not d.watchdog_ok()
     before = notifier.pings
-    await until(lambda: sum(1 for i in list(d._queue._queue) if i == "ping") == 0)  # type: ignore[attr-defined]
-    d._queue.put_nowait("ping")
+    await until(lambda: Intent.PING not in list(d._queue._queue))  # type: ignore[attr-defined]
+    d._queue.put_nowait(Intent.PING)
     await until(lambda: d._queue.empty())
     assert notifier.pings == before
     # A loop stuck in a kernel request: the ticks keep coming, no ping goes out.

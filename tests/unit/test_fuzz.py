@@ -41,7 +41,7 @@ from wanbalanced import probing
 from wanbalanced.cli import main
 from wanbalanced.config import (Config, ConfigError, DaemonConfig, DampingConfig, EqualizerConfig,
                                 ProbeConfig, SlaveConfig, load_config, parse_config)
-from wanbalanced.daemon import Daemon
+from wanbalanced.daemon import Daemon, Intent
 from wanbalanced.health import Damping
 from wanbalanced.observed import Link, Snapshot, is_teql_name
 from wanbalanced.probe import ProbeSettings
@@ -962,7 +962,7 @@ async def reload_once(d: Daemon, task: asyncio.Task[int], kernel: FuzzKernel, pa
     assert not task.done(), "the daemon loop stopped"
     # Let the loop reconcile from a fresh dump, as its safety net does.
     dumps = kernel.dumps
-    d._queue.put_nowait(daemon_mod._RECONCILE)
+    d._queue.put_nowait(Intent.RECONCILE)
     await until(lambda: kernel.dumps > dumps or task.done())
     await asyncio.sleep(0)
     assert not task.done(), f"the daemon loop stopped: {task.exception() if not task.cancelled() else 'cancelled'}"
@@ -983,7 +983,7 @@ async def reload_scenario(contents: Sequence[bytes]) -> None:
         finally:
             logger.setLevel(level)
             if not task.done():
-                d._queue.put_nowait(daemon_mod._STOP)
+                d._queue.put_nowait(Intent.STOP)
                 await asyncio.wait_for(task, 2.0)
             elif not task.cancelled():
                 task.exception()  # retrieved: reported by the assertion above
