@@ -20,7 +20,7 @@ import errno
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,13 +32,12 @@ from .logs import fields, set_level
 from .metrics import Metrics
 from .netlink import Kernel, KernelError, apply_event, expect
 from .notify import Notifier
-from .observed import Snapshot
+from .observed import Link, Snapshot
 from .probing import ProbeManager, probed_series
 from .report import Reporter
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
-
 
 
 class Intent(enum.Enum):
@@ -65,6 +64,30 @@ class Event(Protocol):
 
 
 Item = Intent | Event  # what the loop's queue holds
+
+
+class KernelEdge(Protocol):
+    """What the daemon needs of the kernel: netlink.Kernel, or a fake of it."""
+
+    async def open(self) -> None:
+        """Open the sockets, subscribed to the events."""
+
+    async def resubscribe(self) -> None:
+        """A new event socket, after events were lost."""
+
+    def close(self) -> None: ...
+
+    async def dump(self, route_tables: Collection[int]) -> Snapshot:
+        """A full snapshot, with the default routes of `route_tables`."""
+
+    async def dump_links(self) -> list[Link]:
+        """Every link, with fresh counters."""
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event, forever; OSError when some were lost."""
+
+    async def execute(self, action: Action) -> None:
+        """One action; netlink.KernelError with the kernel's errno."""
 READER = "netlink events"
 # Decoded events waiting for the loop; more means the loop cannot keep up, and
 # the queue is then treated like lost events (resubscribe and resync).
@@ -95,14 +118,14 @@ class Counters:
 class Daemon:
     """Keeps the kernel converged on the configuration until told to stop."""
 
-    def __init__(self, config: Config, kernel: Kernel | None = None, *, config_path: str | None = None,
+    def __init__(self, config: Config, kernel: KernelEdge | None = None, *, config_path: str | None = None,
                  secure_config: bool = False, log_level: str | None = None,
                  clock: Callable[[], float] = time.monotonic, notifier: Notifier | None = None) -> None:
         self.config = config
         self.log_level = log_level  # --log-level wins over the file, also after a reload
         self.config_path = config_path
         self.secure_config = secure_config
-        self.kernel = kernel or Kernel(rcvbuf=config.daemon.netlink_rcvbuf)
+        self.kernel: KernelEdge = kernel or Kernel(rcvbuf=config.daemon.netlink_rcvbuf)
         self.clock = clock
         self.notifier = notifier or Notifier()
         self.snap = Snapshot()

@@ -13,7 +13,6 @@ tomllib, so the fuzzing needs no dependency besides hypothesis.
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime
 import io
 import json
@@ -43,7 +42,7 @@ from wanbalanced.config import (Config, ConfigError, DaemonConfig, DampingConfig
                                 ProbeConfig, SlaveConfig, load_config, parse_config)
 from wanbalanced.daemon import Daemon, Intent
 from wanbalanced.health import Damping
-from wanbalanced.observed import Link, Snapshot, is_teql_name
+from wanbalanced.observed import Snapshot, is_teql_name
 from wanbalanced.probe import ProbeSettings
 from wanbalanced.slave import State
 
@@ -880,11 +879,6 @@ def kernel_truth() -> Snapshot:
                     slave(12, "wan2"), slave(13, "wan3", carrier=False))
 
 
-class FuzzKernel(FakeKernel):
-    async def dump_links(self) -> list[Link]:
-        return list(copy.deepcopy(self.truth).links.values())
-
-
 class IdleProber:
     """Stands in for the raw-socket prober: never sends, so a probed slave stays unproven."""
 
@@ -943,7 +937,7 @@ def check_kernel(d: Daemon, truth: Snapshot) -> None:
                     f"no default route via {eq_name}"
 
 
-async def reload_once(d: Daemon, task: asyncio.Task[int], kernel: FuzzKernel, path: Path, data: bytes) -> None:
+async def reload_once(d: Daemon, task: asyncio.Task[int], kernel: FakeKernel, path: Path, data: bytes) -> None:
     old = d.config
     path.write_bytes(data)
     try:
@@ -975,7 +969,7 @@ async def reload_scenario(contents: Sequence[bytes]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.toml"
         path.write_text(DAEMON_CONFIG)
-        kernel = FuzzKernel(kernel_truth())
+        kernel = FakeKernel(kernel_truth())
         d, task = await start(kernel, str(path))
         try:
             for data in contents:
