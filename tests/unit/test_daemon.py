@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import errno
 import logging
 import os
@@ -27,7 +28,7 @@ from wanbalanced.core import Core
 from wanbalanced.daemon import Daemon, Event, Intent, KernelEdge
 from wanbalanced.netlink import KernelError, expect
 from wanbalanced.notify import Notifier
-from wanbalanced.observed import Link, Snapshot
+from wanbalanced.observed import Link, LinkStats, Snapshot
 
 
 def run_async(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -193,6 +194,24 @@ async def test_event_loss_resubscribes_and_resyncs_from_a_dump() -> None:
     kernel.events_in.put_nowait(OSError(errno.ENOBUFS, "No buffer space available"))
     await until(lambda: "tc qdisc del dev wan1 root teql0" in kernel.executed)
     assert kernel.resubscribed == 1 and kernel.dumps == 2 and d.counters.resyncs == 1
+    assert await stop(task) == 0
+
+
+@run_async
+async def test_a_stats_refresh_takes_the_counters_of_a_link_dump() -> None:
+    # The kernel sends no event when counters move: only the periodic
+    # link dump (dump_links) brings them, and it writes nothing.
+    kernel = FakeKernel(fresh())
+    d, task = await start(kernel)
+    kernel.executed.clear()
+    wan0 = kernel.truth.link("wan0")
+    assert wan0 is not None
+    kernel.truth.put_link(dataclasses.replace(wan0, stats=LinkStats(rx_bytes=1000, tx_bytes=2000)))
+    d._queue.put_nowait(Intent.REFRESH)
+    await until(lambda: (link := d.snap.link("wan0")) is not None and link.stats is not None or task.done())
+    assert not task.done(), "the loop died on the refresh"
+    assert (link := d.snap.link("wan0")) is not None and link.stats == LinkStats(rx_bytes=1000, tx_bytes=2000)
+    assert kernel.executed == []
     assert await stop(task) == 0
 
 
