@@ -88,6 +88,8 @@ class KernelEdge(Protocol):
 
     async def execute(self, action: Action) -> None:
         """One action; netlink.KernelError with the kernel's errno."""
+
+
 READER = "netlink events"
 # Decoded events waiting for the loop; more means the loop cannot keep up, and
 # the queue is then treated like lost events (resubscribe and resync).
