@@ -15,13 +15,14 @@ so a loop stuck in an await or a dead reader stops the pings.
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from . import __version__, status
 from .actions import Action, Attach, Detach
@@ -31,16 +32,64 @@ from .logs import fields, set_level
 from .metrics import Metrics
 from .netlink import Kernel, KernelError, apply_event, expect
 from .notify import Notifier
-from .observed import Snapshot
+from .observed import Link, Snapshot
 from .probing import ProbeManager, probed_series
 from .report import Reporter
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-# Intents queued beside the netlink messages.
-_STOP, _RELOAD, _RESYNC, _REFRESH, _VERDICT = "stop", "reload", "resync", "refresh", "verdict"
-_RECONCILE, _PING, _FATAL = "reconcile", "ping", "fatal"
+
+class Intent(enum.Enum):
+    """What the loop is asked to do, queued beside the netlink events by
+    signal handlers, ticks, probers and the supervisor."""
+
+    STOP = "stop"  # SIGTERM, SIGINT: return 0
+    RELOAD = "reload"  # SIGHUP: re-read the file
+    RESYNC = "resync"  # events were lost: resubscribe, dump, reconcile
+    REFRESH = "refresh"  # dump the links for fresh counters
+    VERDICT = "verdict"  # a prober's verdict flipped: reconcile
+    RECONCILE = "reconcile"  # the safety net: dump and reconcile, keep the socket
+    PING = "ping"  # the watchdog tick
+    FATAL = "fatal"  # a task gave up: return 1
+
+
+class Event(Protocol):
+    """A decoded netlink message as the edge hands it out (a pyroute2 nlmsg),
+    for netlink.apply_event."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def get_attr(self, attr: str, default: Any = None) -> Any: ...
+
+
+Item = Intent | Event  # what the loop's queue holds
+
+
+class KernelEdge(Protocol):
+    """What the daemon needs of the kernel: netlink.Kernel, or a fake of it."""
+
+    async def open(self) -> None:
+        """Open the sockets, subscribed to the events."""
+
+    async def resubscribe(self) -> None:
+        """A new event socket, after events were lost."""
+
+    def close(self) -> None: ...
+
+    async def dump(self, route_tables: Collection[int]) -> Snapshot:
+        """A full snapshot, with the default routes of `route_tables`."""
+
+    async def dump_links(self) -> list[Link]:
+        """Every link, with fresh counters."""
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event, forever; OSError when some were lost."""
+
+    async def execute(self, action: Action) -> None:
+        """One action; netlink.KernelError with the kernel's errno."""
+
+
 READER = "netlink events"
 # Decoded events waiting for the loop; more means the loop cannot keep up, and
 # the queue is then treated like lost events (resubscribe and resync).
@@ -71,14 +120,14 @@ class Counters:
 class Daemon:
     """Keeps the kernel converged on the configuration until told to stop."""
 
-    def __init__(self, config: Config, kernel: Kernel | None = None, *, config_path: str | None = None,
+    def __init__(self, config: Config, kernel: KernelEdge | None = None, *, config_path: str | None = None,
                  secure_config: bool = False, log_level: str | None = None,
                  clock: Callable[[], float] = time.monotonic, notifier: Notifier | None = None) -> None:
         self.config = config
         self.log_level = log_level  # --log-level wins over the file, also after a reload
         self.config_path = config_path
         self.secure_config = secure_config
-        self.kernel = kernel or Kernel(rcvbuf=config.daemon.netlink_rcvbuf)
+        self.kernel: KernelEdge = kernel or Kernel(rcvbuf=config.daemon.netlink_rcvbuf)
         self.clock = clock
         self.notifier = notifier or Notifier()
         self.snap = Snapshot()
@@ -88,12 +137,12 @@ class Daemon:
         self.status: status.Status | None = None  # replaced whole; read by other threads
         self.metrics = Metrics(lambda: self.status)
         self.probes = ProbeManager(
-            lambda: self.core, on_flip=lambda _slave: self._queue.put_nowait(_VERDICT),
+            lambda: self.core, on_flip=lambda _slave: self._queue.put_nowait(Intent.VERDICT),
             on_rtt=self.metrics.probe_rtt.observe,
         )
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._backoff: dict[Action, _Backoff] = {}
-        self.supervisor = Supervisor(lambda _name: self._queue.put_nowait(_FATAL))
+        self.supervisor = Supervisor(lambda _name: self._queue.put_nowait(Intent.FATAL))
         self.malformed_events = 0
         self.overflows = 0
 
@@ -108,7 +157,7 @@ class Daemon:
             except status.AlreadyRunning as e:
                 log.error("%s: not starting a second daemon on the same equalizers", e)
                 return 1
-        signals = {signal.SIGTERM: _STOP, signal.SIGINT: _STOP, signal.SIGHUP: _RELOAD}
+        signals = {signal.SIGTERM: Intent.STOP, signal.SIGINT: Intent.STOP, signal.SIGHUP: Intent.RELOAD}
         for sig, intent in signals.items():
             loop.add_signal_handler(sig, self._queue.put_nowait, intent)
         # The entry point blocked SIGHUP until now: one sent during start-up
@@ -124,11 +173,11 @@ class Daemon:
             interval = self.notifier.watchdog_interval()
             if interval is not None:
                 self.notifier.ping()  # the first resync may take a while
-                self._start_tick("watchdog", interval, _PING)
+                self._start_tick("watchdog", interval, Intent.PING)
             await self._resync()
-            self._start_tick("stats refresh", self.config.daemon.stats_interval, _REFRESH)
+            self._start_tick("stats refresh", self.config.daemon.stats_interval, Intent.REFRESH)
             if self.config.daemon.reconcile_interval:
-                self._start_tick("safety-net reconcile", self.config.daemon.reconcile_interval, _RECONCILE)
+                self._start_tick("safety-net reconcile", self.config.daemon.reconcile_interval, Intent.RECONCILE)
             log.info("converged: %s", self._publish())
             self.notifier.ready(self._publish())
             code = await self._loop()
@@ -152,13 +201,13 @@ class Daemon:
         log.info("stopped; equalizers left as they are")
         return code
 
-    def _start_tick(self, name: str, interval: float, intent: str) -> None:
+    def _start_tick(self, name: str, interval: float, intent: Intent) -> None:
         self.supervisor.start(name, lambda: self._tick(interval, intent))
 
     def _start_reader(self) -> None:
         # Events may have been lost with a crashed reader: resync, which
         # starts a new one on a new socket.
-        self.supervisor.start(READER, self._read_events, on_crash=lambda: self._queue.put_nowait(_RESYNC))
+        self.supervisor.start(READER, self._read_events, on_crash=lambda: self._queue.put_nowait(Intent.RESYNC))
 
     def watchdog_ok(self) -> bool:
         """Whether to ping the watchdog now: the loop is running (it asks) and
@@ -175,7 +224,7 @@ class Daemon:
         # a whole object, so replaying ones the dump already saw is harmless.
         intents = []
         for item in self._take_queued():
-            if isinstance(item, str):
+            if isinstance(item, Intent):
                 intents.append(item)
             else:
                 self._apply(item)
@@ -183,7 +232,7 @@ class Daemon:
             self._queue.put_nowait(intent)
         await self.reconcile(None)
 
-    def _apply(self, msg: Any) -> None:
+    def _apply(self, msg: Event) -> None:
         """One event into the snapshot; one the edge cannot make sense of is
         logged and dropped, never allowed to stop the loop."""
         try:
@@ -200,14 +249,14 @@ class Daemon:
                     self.overflows += 1
                     log.error("netlink event queue full (%d): treating it as lost events, resyncing",
                               MAX_QUEUED_EVENTS, extra=fields(event="resync"))
-                    self._queue.put_nowait(_RESYNC)
+                    self._queue.put_nowait(Intent.RESYNC)
                     return
                 self._queue.put_nowait(msg)
         except OSError as e:
             log.error("netlink events lost (%s): resubscribing and resyncing", e, extra=fields(event="resync"))
-            self._queue.put_nowait(_RESYNC)
+            self._queue.put_nowait(Intent.RESYNC)
 
-    async def _tick(self, interval: float, intent: str) -> None:
+    async def _tick(self, interval: float, intent: Intent) -> None:
         while True:
             await asyncio.sleep(interval)
             self._queue.put_nowait(intent)
@@ -221,41 +270,41 @@ class Daemon:
             except asyncio.TimeoutError:
                 items = []  # a delay or a back-off ran out
             woke = self.clock()
-            intents = {i for i in items if isinstance(i, str)}
-            if _STOP in intents:
+            intents = {i for i in items if isinstance(i, Intent)}
+            if Intent.STOP in intents:
                 log.info("stopping on signal")
                 return 0
-            if _FATAL in intents:
+            if Intent.FATAL in intents:
                 return 1
-            if _PING in intents:
+            if Intent.PING in intents:
                 if self.watchdog_ok():
                     self.notifier.ping()
                 if len(items) == 1:
                     continue  # nothing else to do: no reconcile for a ping
-            if _RESYNC in intents:
+            if Intent.RESYNC in intents:
                 self.counters.resyncs += 1
                 # Queued events predate the new subscription: the dump supersedes them.
-                for intent in [i for i in self._take_queued() if isinstance(i, str)]:
+                for intent in [i for i in self._take_queued() if isinstance(i, Intent)]:
                     self._queue.put_nowait(intent)
                 self.supervisor.cancel(READER)
                 await self.kernel.resubscribe()
                 await self._resync()
-            elif _RECONCILE in intents:
+            elif Intent.RECONCILE in intents:
                 await self._resync(restart_reader=False)
             else:
                 for msg in items:
-                    if not isinstance(msg, str):
+                    if not isinstance(msg, Intent):
                         self._apply(msg)
-                if _REFRESH in intents:
+                if Intent.REFRESH in intents:
                     for link in await self.kernel.dump_links():
                         self.snap.put_link(link)
                 await self.reconcile(woke)
-            if _RELOAD in intents:
+            if Intent.RELOAD in intents:
                 await self.reload()
             self.notifier.status(self._publish())
 
-    def _take_queued(self) -> list[Any]:
-        out = []
+    def _take_queued(self) -> list[Item]:
+        out: list[Item] = []
         while not self._queue.empty():
             out.append(self._queue.get_nowait())
         return out

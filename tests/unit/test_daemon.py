@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import errno
 import logging
 import os
 import signal
 from pathlib import Path
 import functools
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from typing import Any
 
 import pytest
@@ -23,9 +24,11 @@ from messages import link_msg
 
 from wanbalanced import daemon as daemon_mod
 from wanbalanced.actions import Action
-from wanbalanced.daemon import Daemon
-from wanbalanced.netlink import KernelError, Msg, expect
-from wanbalanced.observed import Snapshot
+from wanbalanced.core import Core
+from wanbalanced.daemon import Daemon, Event, Intent, KernelEdge
+from wanbalanced.netlink import KernelError, expect
+from wanbalanced.notify import Notifier
+from wanbalanced.observed import Link, LinkStats, Snapshot
 
 
 def run_async(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -37,13 +40,16 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Non
 
 
 class FakeKernel:
+    """The kernel edge (daemon.KernelEdge, which mypy checks it against) over
+    a Snapshot as its truth."""
+
     def __init__(self, truth: Snapshot) -> None:
         self.truth = truth
-        self.events_in: asyncio.Queue[object] = asyncio.Queue()
+        self.events_in: asyncio.Queue[Event | Exception] = asyncio.Queue()
         self.executed: list[str] = []
         self.failures: dict[str, list[int]] = {}  # command -> errnos to raise, in turn
         self.dumps = 0
-        self.dumped_tables: list[object] = []
+        self.dumped_tables: list[Collection[int]] = []
         self.resubscribed = 0
 
     async def open(self, listen: bool = True) -> None:
@@ -55,12 +61,15 @@ class FakeKernel:
     def close(self) -> None:
         pass
 
-    async def dump(self, route_tables: object = None) -> Snapshot:
+    async def dump(self, route_tables: Collection[int]) -> Snapshot:
         self.dumps += 1
         self.dumped_tables.append(route_tables)
         return copy.deepcopy(self.truth)
 
-    async def events(self) -> AsyncIterator[Msg]:
+    async def dump_links(self) -> list[Link]:
+        return list(copy.deepcopy(self.truth).links.values())
+
+    async def events(self) -> AsyncIterator[Event]:
         while True:
             item = await self.events_in.get()
             if isinstance(item, Exception):
@@ -75,10 +84,13 @@ class FakeKernel:
         expect(self.truth, action)
 
 
-async def until(predicate: object, timeout: float = 2.0) -> None:
+_: type[KernelEdge] = FakeKernel  # mypy: the fake has all the daemon uses
+
+
+async def until(predicate: Callable[[], object], timeout: float = 2.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert loop.time() < deadline, "timed out"
         await asyncio.sleep(0.005)
 
@@ -100,7 +112,7 @@ rp_filter = 0
 
 
 async def start(kernel: FakeKernel, config_path: str | None = None) -> tuple[Daemon, asyncio.Task[int]]:
-    d = Daemon(config(DAEMON_CONFIG), kernel, config_path=config_path)  # type: ignore[arg-type]
+    d = Daemon(config(DAEMON_CONFIG), kernel, config_path=config_path)
     task = asyncio.create_task(d.run())
     await until(lambda: kernel.dumps >= 1 and not d.core.plan(d.snap).actions)
     return d, task
@@ -157,7 +169,7 @@ async def test_backoff_survives_a_change_of_reason(
     route = "ip route replace default dev teql0"
     kernel.failures[route] = [errno.EBUSY] * 5
     with caplog.at_level(logging.DEBUG, logger="wanbalanced"):
-        d = Daemon(config(DAEMON_CONFIG), kernel)  # type: ignore[arg-type]
+        d = Daemon(config(DAEMON_CONFIG), kernel)
         task = asyncio.create_task(d.run())
         await until(lambda: bool(d._backoff))
         [(failed, backoff)] = d._backoff.items()
@@ -182,6 +194,24 @@ async def test_event_loss_resubscribes_and_resyncs_from_a_dump() -> None:
     kernel.events_in.put_nowait(OSError(errno.ENOBUFS, "No buffer space available"))
     await until(lambda: "tc qdisc del dev wan1 root teql0" in kernel.executed)
     assert kernel.resubscribed == 1 and kernel.dumps == 2 and d.counters.resyncs == 1
+    assert await stop(task) == 0
+
+
+@run_async
+async def test_a_stats_refresh_takes_the_counters_of_a_link_dump() -> None:
+    # The kernel sends no event when counters move: only the periodic
+    # link dump (dump_links) brings them, and it writes nothing.
+    kernel = FakeKernel(fresh())
+    d, task = await start(kernel)
+    kernel.executed.clear()
+    wan0 = kernel.truth.link("wan0")
+    assert wan0 is not None
+    kernel.truth.put_link(dataclasses.replace(wan0, stats=LinkStats(rx_bytes=1000, tx_bytes=2000)))
+    d._queue.put_nowait(Intent.REFRESH)
+    await until(lambda: (link := d.snap.link("wan0")) is not None and link.stats is not None or task.done())
+    assert not task.done(), "the loop died on the refresh"
+    assert (link := d.snap.link("wan0")) is not None and link.stats == LinkStats(rx_bytes=1000, tx_bytes=2000)
+    assert kernel.executed == []
     assert await stop(task) == 0
 
 
@@ -253,7 +283,7 @@ async def test_a_reload_to_another_route_table_dumps_that_table_first(tmp_path: 
     path.write_text(DAEMON_CONFIG.replace('rp_filter = 0', 'rp_filter = 0\nroute_table = 200'))
     os.kill(os.getpid(), signal.SIGHUP)
     await until(lambda: any("table 200" in c for c in kernel.executed))
-    assert kernel.dumps == 2 and 200 in kernel.dumped_tables[-1]  # type: ignore[operator]
+    assert kernel.dumps == 2 and 200 in kernel.dumped_tables[-1]
     assert d.status is not None and d.status.reload_successful
     assert await stop(task) == 0
 
@@ -263,7 +293,7 @@ async def test_reload_keeps_the_command_line_log_level(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(DAEMON_CONFIG)  # no log_level: the file says info
     kernel = FakeKernel(fresh())
-    d = Daemon(config(DAEMON_CONFIG), kernel, config_path=str(path), log_level="debug")  # type: ignore[arg-type]
+    d = Daemon(config(DAEMON_CONFIG), kernel, config_path=str(path), log_level="debug")
     task = asyncio.create_task(d.run())
     await until(lambda: d.status is not None)
     logging.getLogger("wanbalanced").setLevel(logging.DEBUG)
@@ -286,7 +316,7 @@ async def test_a_config_that_cannot_be_applied_is_not_half_applied(
     def boom(*_: object) -> object:
         raise OverflowError("simulated")
 
-    monkeypatch.setattr(daemon_mod.Core, "plan", boom)
+    monkeypatch.setattr(Core, "plan", boom)
     assert not await d.reload()
     monkeypatch.undo()
     assert d.config is before and kernel.executed == executed
@@ -340,7 +370,7 @@ async def test_reload_prunes_the_series_of_removed_slaves_and_targets(
     path = tmp_path / "config.toml"
     path.write_text(PROBED_CONFIG)
     kernel = FakeKernel(fresh())
-    d = Daemon(config(PROBED_CONFIG), kernel, config_path=str(path))  # type: ignore[arg-type]
+    d = Daemon(config(PROBED_CONFIG), kernel, config_path=str(path))
     task = asyncio.create_task(d.run())
     await until(lambda: set(FakeProber.running) == {"wan0", "wan1"})
     FakeProber.running["wan0"].answer(0.001)
@@ -394,7 +424,7 @@ async def test_a_crashing_reader_resyncs_then_the_daemon_exits_nonzero() -> None
     assert d.supervisor.fatal == daemon_mod.READER
 
 
-class PingRecorder(daemon_mod.Notifier):
+class PingRecorder(Notifier):
     def __init__(self) -> None:
         super().__init__()
         self.pings = 0
@@ -410,15 +440,15 @@ class PingRecorder(daemon_mod.Notifier):
 async def test_watchdog_pings_only_while_the_loop_and_the_reader_live() -> None:
     kernel = FakeKernel(fresh())
     notifier = PingRecorder()
-    d = Daemon(config(DAEMON_CONFIG), kernel, notifier=notifier)  # type: ignore[arg-type]
+    d = Daemon(config(DAEMON_CONFIG), kernel, notifier=notifier)
     task = asyncio.create_task(d.run())
     await until(lambda: notifier.pings >= 3)
     # The reader dies: the loop runs but must not ping.
     d.supervisor.cancel(daemon_mod.READER)
     assert not d.watchdog_ok()
     before = notifier.pings
-    await until(lambda: sum(1 for i in list(d._queue._queue) if i == "ping") == 0)  # type: ignore[attr-defined]
-    d._queue.put_nowait("ping")
+    await until(lambda: Intent.PING not in list(d._queue._queue))  # type: ignore[attr-defined]
+    d._queue.put_nowait(Intent.PING)
     await until(lambda: d._queue.empty())
     assert notifier.pings == before
     # A loop stuck in a kernel request: the ticks keep coming, no ping goes out.

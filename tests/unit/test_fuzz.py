@@ -13,7 +13,6 @@ tomllib, so the fuzzing needs no dependency besides hypothesis.
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime
 import io
 import json
@@ -41,9 +40,9 @@ from wanbalanced import probing
 from wanbalanced.cli import main
 from wanbalanced.config import (Config, ConfigError, DaemonConfig, DampingConfig, EqualizerConfig,
                                 ProbeConfig, SlaveConfig, load_config, parse_config)
-from wanbalanced.daemon import Daemon
+from wanbalanced.daemon import Daemon, Intent
 from wanbalanced.health import Damping
-from wanbalanced.observed import Link, Snapshot, is_teql_name
+from wanbalanced.observed import Snapshot, is_teql_name
 from wanbalanced.probe import ProbeSettings
 from wanbalanced.slave import State
 
@@ -880,11 +879,6 @@ def kernel_truth() -> Snapshot:
                     slave(12, "wan2"), slave(13, "wan3", carrier=False))
 
 
-class FuzzKernel(FakeKernel):
-    async def dump_links(self) -> list[Link]:
-        return list(copy.deepcopy(self.truth).links.values())
-
-
 class IdleProber:
     """Stands in for the raw-socket prober: never sends, so a probed slave stays unproven."""
 
@@ -943,7 +937,7 @@ def check_kernel(d: Daemon, truth: Snapshot) -> None:
                     f"no default route via {eq_name}"
 
 
-async def reload_once(d: Daemon, task: asyncio.Task[int], kernel: FuzzKernel, path: Path, data: bytes) -> None:
+async def reload_once(d: Daemon, task: asyncio.Task[int], kernel: FakeKernel, path: Path, data: bytes) -> None:
     old = d.config
     path.write_bytes(data)
     try:
@@ -962,7 +956,7 @@ async def reload_once(d: Daemon, task: asyncio.Task[int], kernel: FuzzKernel, pa
     assert not task.done(), "the daemon loop stopped"
     # Let the loop reconcile from a fresh dump, as its safety net does.
     dumps = kernel.dumps
-    d._queue.put_nowait(daemon_mod._RECONCILE)
+    d._queue.put_nowait(Intent.RECONCILE)
     await until(lambda: kernel.dumps > dumps or task.done())
     await asyncio.sleep(0)
     assert not task.done(), f"the daemon loop stopped: {task.exception() if not task.cancelled() else 'cancelled'}"
@@ -975,7 +969,7 @@ async def reload_scenario(contents: Sequence[bytes]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.toml"
         path.write_text(DAEMON_CONFIG)
-        kernel = FuzzKernel(kernel_truth())
+        kernel = FakeKernel(kernel_truth())
         d, task = await start(kernel, str(path))
         try:
             for data in contents:
@@ -983,7 +977,7 @@ async def reload_scenario(contents: Sequence[bytes]) -> None:
         finally:
             logger.setLevel(level)
             if not task.done():
-                d._queue.put_nowait(daemon_mod._STOP)
+                d._queue.put_nowait(Intent.STOP)
                 await asyncio.wait_for(task, 2.0)
             elif not task.cancelled():
                 task.exception()  # retrieved: reported by the assertion above
