@@ -171,6 +171,16 @@ def alive(wb: Wanbalanced) -> bool:
     return wb.proc is not None and wb.proc.poll() is None
 
 
+#: Open finding (docs/caveats.md, "Kernel versions"): on 7.2 one run in five
+#: of this seed failed at round 55 (SIGKILL, restart, two far ends up at once):
+#: the new daemon's first dump showed both lines without carrier and no
+#: carrier event followed within 5 s. Not seen on 6.1. Until it is explained,
+#: the test still runs on 7.x and reports XPASS or XFAIL with its full log.
+_SEVEN = int(os.uname().release.split(".")[0]) >= 7
+
+
+@pytest.mark.xfail(_SEVEN, reason="open finding on kernel 7.x: a start-up race after SIGKILL (docs/caveats.md)",
+                   strict=False)
 @pytest.mark.lab_setup(n_slaves=N_SLAVES)
 def test_random_faults_converge(lab: Lab, wb: Wanbalanced) -> None:
     rng = random.Random(SEED)
