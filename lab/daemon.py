@@ -39,7 +39,7 @@ class Wanbalanced:
     def write_config(self, text: str) -> None:
         self.config_path.write_text(text)
 
-    def start(self, wait_converged: bool = True, timeout: float = 10.0) -> None:
+    def start(self, wait_converged: bool = True, timeout: float = 30.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         log = open(self.log_path, "ab")
         self._offset = self.log_path.stat().st_size

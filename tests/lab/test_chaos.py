@@ -171,15 +171,17 @@ def alive(wb: Wanbalanced) -> bool:
     return wb.proc is not None and wb.proc.poll() is None
 
 
-#: Open finding (docs/caveats.md, "Kernel versions"): on 7.2 one run in five
-#: of this seed failed at round 55 (SIGKILL, restart, two far ends up at once):
-#: the new daemon's first dump showed both lines without carrier and no
-#: carrier event followed within 5 s. Not seen on 6.1. Until it is explained,
-#: the test still runs on 7.x and reports XPASS or XFAIL with its full log.
+#: How long a restarted daemon may take to start and converge in the guest.
+START_S = 30.0
+#: Open finding (docs/caveats.md, "Kernel versions"): on 7.2, once, after a
+#: SIGKILL and restart while two far ends came back, the new daemon's first
+#: dump showed both lines without carrier and no carrier event followed in
+#: 5 s. Not seen on 6.1. Until it is explained the test runs on 7.x as a
+#: non-strict expected failure: it reports XPASS or XFAIL, with its log.
 _SEVEN = int(os.uname().release.split(".")[0]) >= 7
 
 
-@pytest.mark.xfail(_SEVEN, reason="open finding on kernel 7.x: a start-up race after SIGKILL (docs/caveats.md)",
+@pytest.mark.xfail(_SEVEN, reason="open finding on kernel 7.x: carrier after a SIGKILL restart (docs/caveats.md)",
                    strict=False)
 @pytest.mark.lab_setup(n_slaves=N_SLAVES)
 def test_random_faults_converge(lab: Lab, wb: Wanbalanced) -> None:
@@ -244,6 +246,14 @@ def test_random_faults_converge(lab: Lab, wb: Wanbalanced) -> None:
 
     def check(ipr: IPRoute, round_no: int, batch: list[str]) -> float:
         expected = model.expected()
+        if any(b == "sigkill_restart" for b in batch):
+            # The window is for converging, not for starting Python: a daemon
+            # start in the guest took 3.6 to 12 s when measured on 2026-12-01
+            # (1 to 3 s before). Its first convergence counts from its start.
+            try:
+                wb.wait_log(r"INFO converged: ", START_S)
+            except AssertionError as e:
+                fail(round_no, batch, f"the restarted daemon did not converge within {START_S:g}s: {e}")
         t, got = wait_converged(ipr, expected)
         if t is None:
             fail(round_no, batch, f"no convergence within {CONVERGE_S:g}s\n"

@@ -9,10 +9,8 @@ import struct
 import subprocess
 import time
 
-import pytest
-
 from lab.daemon import Wanbalanced
-from lab.topo import NS, Lab, batch, ip, load_module, rp_filter, run, set_rp_filter
+from lab.topo import NS, Lab, batch, ip, load_module, rp_filter, set_rp_filter
 
 VLAN = "wan0.100"
 VLAN_FAR = "wan0p.100"
