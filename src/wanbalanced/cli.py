@@ -7,12 +7,14 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET
-from .config import LOG_LEVELS, Config, ConfigError, load_config
+from .defaults import DEFAULT_CONFIG, LOG_LEVELS, control_socket
+from .defaults import DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET
 
-DEFAULT_CONFIG = "/etc/wanbalanced/config.toml"
+if TYPE_CHECKING:
+    from .config import Config
 
 # Exit statuses of `plan`, as documented.
 PLAN_CONVERGED, PLAN_ERROR, PLAN_PENDING = 0, 1, 2
@@ -22,6 +24,9 @@ STATUS_NO_DAEMON, STATUS_STARTING = 3, 4
 
 
 def _load(path: str, secure: bool = False) -> Config | None:
+    # Here, not at the top: `status` needs no models (pydantic is most of a command's start).
+    from .config import ConfigError, load_config
+
     try:
         return load_config(path, secure)
     except ConfigError as e:
@@ -119,10 +124,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if path is None:
         # The config only says where the socket is; a missing default file is fine.
         try:
-            path = load_config(args.config).daemon.control_socket or DEFAULT_SOCKET
-        except ConfigError as e:
+            path = control_socket(args.config) or DEFAULT_SOCKET
+        except (OSError, ValueError) as e:
             if args.config_given:
-                print(e, file=sys.stderr)
+                print(f"{args.config}: {e.strerror if isinstance(e, OSError) else e}", file=sys.stderr)
                 return 1
             path = DEFAULT_SOCKET
     try:

@@ -14,14 +14,16 @@ import stat
 import tomllib
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_interface
-from typing import Annotated, Any, Iterable, Literal, get_args
+from typing import Annotated, Any, Iterable
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       ValidationError, ValidationInfo, model_validator)
 
+from .defaults import DEFAULT_CONTROL_SOCKET, DEFAULT_NETLINK_RCVBUF, LOG_LEVELS, LogLevel, check_socket_path
 from .observed import TEQL_LIKE, teql_number
 
-__all__ = ["Config", "ConfigError", "DaemonConfig", "DampingConfig", "Duration", "EqualizerConfig",
+__all__ = ["DEFAULT_CONTROL_SOCKET", "DEFAULT_NETLINK_RCVBUF", "LOG_LEVELS", "Config", "ConfigError", "DaemonConfig",
+           "DampingConfig", "Duration", "EqualizerConfig",
            "ProbeConfig", "Problem", "SlaveConfig", "load_config", "parse_config"]
 
 Loc = tuple[str | int, ...]
@@ -32,11 +34,6 @@ _DURATION_FORMS = 'expected a duration such as "250ms", "2s", "1.5s", "1m", or a
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-# Defaults that other modules (the CLI, the netlink edge, logging) take from here.
-LogLevel = Literal["debug", "info", "notice", "warning", "error"]
-LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)  #: least severe first
-DEFAULT_CONTROL_SOCKET = "/run/wanbalanced/control.sock"
-DEFAULT_NETLINK_RCVBUF = 8 << 20
 
 
 def _q(v: object) -> str:
@@ -153,14 +150,6 @@ def _check_listen(v: str) -> str:
         raise ValueError(f"{_q(host)} is not a valid host name or IPv4 address")
     if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
         raise ValueError(f"{_q(v)}: the port must be a number from 1 to 65535")
-    return v
-
-
-def _check_socket_path(v: str) -> str:
-    if v and not v.startswith("/"):
-        raise ValueError("must be an absolute path, or \"\" to disable")
-    if len(v.encode()) > 107:
-        raise ValueError("is longer than a unix socket path may be (107 bytes)")
     return v
 
 
@@ -305,7 +294,7 @@ class DaemonConfig(BaseModel):
     metrics_listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:9783"
     log_level: LogLevel = "info"
     # Where `wanbalanced status` asks the running daemon; "" disables it.
-    control_socket: Annotated[str, AfterValidator(_check_socket_path)] = DEFAULT_CONTROL_SOCKET
+    control_socket: Annotated[str, AfterValidator(check_socket_path)] = DEFAULT_CONTROL_SOCKET
     # How often link counters are refreshed for the metrics (one link dump).
     stats_interval: Annotated[Duration, AfterValidator(_check_stats_interval)] = 5.0
     # A full dump and reconcile now and then, as a safety net; 0 disables it.

@@ -138,7 +138,7 @@ class Daemon:
         self.metrics = Metrics(lambda: self.status)
         self.probes = ProbeManager(
             lambda: self.core, on_flip=lambda _slave: self._queue.put_nowait(Intent.VERDICT),
-            on_rtt=self.metrics.probe_rtt.observe,
+            on_rtt=lambda slave, target, rtt: self.metrics.probe_rtt.observe((slave, target), rtt),
         )
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._backoff: dict[Action, _Backoff] = {}
@@ -431,7 +431,7 @@ class Daemon:
             counter = self.counters.attaches if isinstance(action, Attach) else self.counters.detaches
             counter[action.slave] = counter.get(action.slave, 0) + 1
             if took is not None:
-                self.metrics.failover.labels("attach" if isinstance(action, Attach) else "detach").observe(took)
+                self.metrics.failover.observe(("attach" if isinstance(action, Attach) else "detach",), took)
         self.report.write(action, took * 1000 if took is not None else None)
         return True
 

@@ -7,8 +7,10 @@ without a network or sleeping.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from .config import DampingConfig
+if TYPE_CHECKING:  # only a type: `status` imports this module and needs no models
+    from .config import DampingConfig
 
 
 class Verdict:

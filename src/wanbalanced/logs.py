@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-from .config import LOG_LEVELS
+from .defaults import LOG_LEVELS
 
 NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")

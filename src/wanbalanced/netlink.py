@@ -46,7 +46,7 @@ from .observed import (
     Snapshot,
     is_teql_name,
 )
-from .config import DEFAULT_NETLINK_RCVBUF
+from .defaults import DEFAULT_NETLINK_RCVBUF
 from .nlguard import Counts, GuardedMarshal, Skipped, dump_parser, guard
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,13 @@ import errno as errnos
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .config import ProbeConfig, SlaveConfig
 from .health import Damping, Verdict
 from .observed import IFF_BROADCAST, IFF_MULTICAST, IFF_POINTOPOINT, Link, Snapshot
+
+if TYPE_CHECKING:  # only types: `status` (which names the states) needs no models
+    from .config import ProbeConfig, SlaveConfig
 
 
 class State(enum.Enum):

@@ -35,3 +35,25 @@ def test_check_config_and_status_need_no_event_loop_nor_core() -> None:
     mods = _modules_after("import wanbalanced.cli, wanbalanced.status")
     for heavy in ("asyncio", "wanbalanced.core", "wanbalanced.netlink", "pyroute2", "prometheus_client"):
         assert heavy not in mods
+
+
+def test_status_loads_no_configuration_models() -> None:
+    # `status` reads only daemon.control_socket (defaults.control_socket);
+    # `check-config` is the command that loads the models.
+    mods = _modules_after("from wanbalanced.cli import main\n"
+                          "assert main(['status', '--socket', '/nonexistent/control.sock']) == 3")
+    assert "pydantic" not in mods and "wanbalanced.config" not in mods
+    mods = _modules_after("from wanbalanced.cli import main\nassert main(['check-config', '-c', '/nonexistent']) == 1")
+    assert "pydantic" in mods
+
+
+def test_the_daemon_loads_prometheus_client_only_to_render() -> None:
+    # The loop records into its own histograms; the library is loaded when
+    # the endpoint opens or the registry is first asked for, not before.
+    code = ("import sys; from wanbalanced.daemon import Daemon; from wanbalanced.metrics import Metrics\n"
+            "m = Metrics(lambda: None); m.failover.observe(('detach',), 0.001)\n"
+            "before = 'prometheus_client' in sys.modules\n"
+            "m.registry\n"
+            "print(before, 'prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]

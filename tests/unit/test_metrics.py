@@ -1,4 +1,4 @@
-"""metrics.py: the lock-free RTT histograms and pruning of series."""
+"""metrics.py: the lock-free histograms and pruning of series."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import sys
 from types import FrameType
 from typing import Any
 
-from wanbalanced.metrics import RttHistograms
+from wanbalanced.collectors import HistogramCollector
+from wanbalanced.metrics import Histograms, rtt_histograms
 
 V = 0.5  # exact in binary: n observations of V sum to exactly n * V
 
 
-def read(h: RttHistograms) -> dict[tuple[str, str], tuple[float, float]]:
+def read(h: Histograms) -> dict[tuple[str, str], tuple[float, float]]:
     """What a scrape sees: (count, sum) per series."""
-    (family,) = h.collect()
+    (family,) = HistogramCollector(h).collect()
     out: dict[tuple[str, str], list[float]] = {}
     for s in family.samples:
         key = (s.labels["slave"], s.labels["target"])
@@ -27,8 +28,8 @@ def read(h: RttHistograms) -> dict[tuple[str, str], tuple[float, float]]:
 def test_a_scrape_between_any_two_steps_of_an_observation_sees_it_whole() -> None:
     # The GIL can pass to the scrape thread only between two bytecodes, so
     # reading at every opcode of observe() covers every interleaving there is.
-    h = RttHistograms()
-    h.observe("wan0", "192.0.2.1", V)
+    h = rtt_histograms()
+    h.observe(("wan0", "192.0.2.1"), V)
     reads: list[dict[tuple[str, str], tuple[float, float]]] = []
 
     def at_each_opcode(frame: FrameType, event: str, arg: Any) -> Any:
@@ -37,15 +38,15 @@ def test_a_scrape_between_any_two_steps_of_an_observation_sees_it_whole() -> Non
         return at_each_opcode
 
     def tracer(frame: FrameType, event: str, arg: Any) -> Any:
-        if frame.f_code is RttHistograms.observe.__code__:
+        if frame.f_code is Histograms.observe.__code__:
             frame.f_trace_opcodes = True
             return at_each_opcode
         return None
 
     sys.settrace(tracer)
     try:
-        h.observe("wan0", "192.0.2.1", V)
-        h.observe("wan0", "192.0.2.9", V)  # a new series appears whole too
+        h.observe(("wan0", "192.0.2.1"), V)
+        h.observe(("wan0", "192.0.2.9"), V)  # a new series appears whole too
     finally:
         sys.settrace(None)
     assert len(reads) > 20, "the reader did not run inside observe()"

@@ -54,7 +54,7 @@ def test_status_says_what_the_kernel_and_the_machines_hold() -> None:
 def exposition() -> str:
     st = make_status()
     m = Metrics(lambda: st)
-    m.failover.labels("detach").observe(0.0004)
+    m.failover.observe(("detach",), 0.0004)
     return generate_latest(m.registry).decode()
 
 
@@ -212,29 +212,32 @@ def test_exposition_is_exactly_the_documented_contract() -> None:
 
     st = make_status()
     m = Metrics(lambda: st)
-    m.failover.labels("detach").observe(0.001)
-    m.probe_rtt.observe("wan0", "192.0.2.1", 0.001)
+    m.failover.observe(("detach",), 0.001)
+    m.probe_rtt.observe(("wan0", "192.0.2.1"), 0.001)
     families = {f.name: f.type for f in text_string_to_metric_families(generate_latest(m.registry).decode())}
     contract = {name.removesuffix("_total"): kind for name, (kind, _) in METRICS.items()}
     assert families == contract
 
 
-def test_probe_rtt_histogram_matches_prometheus_clients() -> None:
-    # Our lock-free histogram must expose exactly what prometheus-client's
+@pytest.mark.parametrize("family", ["rtt", "failover"])
+def test_our_histograms_match_prometheus_clients(family: str) -> None:
+    # Our lock-free histograms must expose exactly what prometheus-client's
     # Histogram would for the same observations (bounds included: le is <=).
     from prometheus_client import CollectorRegistry, Histogram
 
-    from wanbalanced.metrics import PROBE_RTT_BUCKETS, RttHistograms
+    from wanbalanced.collectors import HistogramCollector
+    from wanbalanced.metrics import failover_histograms, rtt_histograms
 
-    ours = RttHistograms()
+    ours = rtt_histograms() if family == "rtt" else failover_histograms()
     registry = CollectorRegistry(auto_describe=False)
-    reference = Histogram("wanbalanced_probe_rtt_seconds", "Round-trip time of ICMP echo probes through the slave",
-                          ["slave", "target"], buckets=PROBE_RTT_BUCKETS, registry=registry)
-    values = [0.0, 1e-4, 0.00042, 1e-3, 0.0123, 0.1, 0.7, 5.0, 9.5, *PROBE_RTT_BUCKETS]
+    reference = Histogram(ours.name, ours.doc, list(ours.labels), buckets=ours.buckets, registry=registry)
+    values = [0.0, 1e-4, 0.00042, 1e-3, 0.0123, 0.1, 0.7, 5.0, 9.5, *ours.buckets]
     for i, v in enumerate(values):
-        slave, target = f"wan{i % 2}", "192.0.2.1" if i % 3 else "192.0.2.2"
-        ours.observe(slave, target, v)
-        reference.labels(slave, target).observe(v)
+        labels = ((f"wan{i % 2}", "192.0.2.1" if i % 3 else "192.0.2.2") if family == "rtt"
+                  else ("attach" if i % 3 else "detach",))
+        ours.observe(labels, v)
+        reference.labels(*labels).observe(v)
     theirs = CollectorRegistry(auto_describe=False)
-    theirs.register(ours)
+    theirs.register(HistogramCollector(ours))
     assert generate_latest(theirs) == generate_latest(registry)
+

@@ -120,10 +120,9 @@ def test_stale_socket_is_replaced(tmp_path: Path) -> None:
     assert status.starting(asyncio.run(main_()))
 
 
-def test_status_cli_says_starting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sock = tmp_path / "control.sock"
-
-    async def main_(argv: list[str]) -> int:
+def cli_beside_a_starting_daemon(sock: Path, argv: list[str]) -> int:
+    """main(argv) while a daemon that has published no status yet listens on `sock`."""
+    async def main_() -> int:
         server = await status.serve(str(sock), lambda: None)
         try:
             code: int = await in_thread(lambda: main(argv))
@@ -131,9 +130,14 @@ def test_status_cli_says_starting(tmp_path: Path, capsys: pytest.CaptureFixture[
         finally:
             server.close()
 
-    assert asyncio.run(main_(["status", "--socket", str(sock)])) == 4
+    return asyncio.run(main_())
+
+
+def test_status_cli_says_starting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = tmp_path / "control.sock"
+    assert cli_beside_a_starting_daemon(sock, ["status", "--socket", str(sock)]) == 4
     assert "is starting: no status yet" in capsys.readouterr().err
-    assert asyncio.run(main_(["status", "--socket", str(sock), "--json"])) == 4
+    assert cli_beside_a_starting_daemon(sock, ["status", "--socket", str(sock), "--json"]) == 4
     assert json.loads(capsys.readouterr().out)["state"] == "starting"
 
 
@@ -233,3 +237,31 @@ def test_clients_beyond_the_cap_are_told_and_closed(tmp_path: Path) -> None:
     refused, answer = asyncio.run(main_())
     assert "too many clients" in refused["error"]
     assert answer["slaves"]
+
+
+def test_status_finds_the_socket_in_a_config_that_is_invalid_elsewhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An operator half-way through editing the file still gets the status.
+    sock = tmp_path / "control.sock"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[daemon]\ncontrol_socket = "{sock}"\n[equalizers.teql0]\nslaves = "not a list"\n')
+    assert cli_beside_a_starting_daemon(sock, ["status", "--config", str(cfg)]) == 4  # it reached the daemon
+    assert "is starting" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, error", [
+    ('[daemon]\ncontrol_socket = "relative.sock"\n', "daemon.control_socket: must be an absolute path"),
+    ("[daemon]\ncontrol_socket = 3\n", "daemon.control_socket: must be a string"),
+    ("[daemon\n", "Expected ']'"),
+])
+def test_status_with_a_bad_socket_in_the_given_config_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, error: str
+) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
+    assert main(["status", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{cfg}: ") and error in err
+    assert main(["status", "--config", str(tmp_path / "missing.toml")]) == 1
+    assert "No such file or directory" in capsys.readouterr().err
