@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lab.daemon import WANBALANCED
@@ -153,7 +154,8 @@ def _unconfigure(slaves: list[str]) -> None:
           check=False)
 
 
-def _time_to_ready(config: str, timeout: float = 60.0) -> float:
+def _time_to_ready(config: str, timeout: float = 60.0, *, then: Callable[[], None] | None = None) -> float:
+    """Seconds from launching the daemon to its READY=1; `then` runs while it is still up."""
     sock_path = str(WORK / "notify.sock")
     if os.path.exists(sock_path):
         os.unlink(sock_path)
@@ -169,11 +171,31 @@ def _time_to_ready(config: str, timeout: float = 60.0) -> float:
         while True:
             data = sock.recv(4096)
             if b"READY=1" in data.split(b"\n"):
-                return time.monotonic() - t0
+                took = time.monotonic() - t0
+                if then is not None:
+                    then()
+                return took
     finally:
         proc.terminate()
         proc.wait(10)
         sock.close()
+
+
+def _command_seconds(argv: list[str], runs: int) -> list[float]:
+    """Wall time of `argv`, `runs` times (its exit status is not judged: `status` of a
+    daemon that is starting exits 4)."""
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=60)
+        times.append(time.monotonic() - t0)
+    return times
+
+
+def _operated(config: str) -> str:
+    """`config` as an operator runs it: the metrics endpoint and the control socket on."""
+    return (config.replace('metrics_listen = ""', 'metrics_listen = "127.0.0.1:9783"')
+            .replace('control_socket = ""', f'control_socket = "{WORK / "control.sock"}"'))
 
 
 def startup_one(variant: str, lines: Lines, n: int, runs: int) -> dict[str, Any]:
@@ -185,16 +207,30 @@ def startup_one(variant: str, lines: Lines, n: int, runs: int) -> dict[str, Any]
     WORK.mkdir(parents=True, exist_ok=True)
     config = WORK / "startup.toml"
     config.write_text(c.config(lines.slaves))
+    operated = WORK / "startup-operated.toml"
+    operated.write_text(_operated(c.config(lines.slaves)))
     cold: list[float] = []
     warm: list[float] = []
+    with_endpoint: list[float] = []
+    cli: dict[str, list[float]] = {}
+
+    def commands() -> None:
+        # Beside the running daemon; a bare interpreter is the reference.
+        cli["python"] = _command_seconds([sys.executable, "-c", "pass"], 2 * runs + 1)
+        cli["status"] = _command_seconds([str(WANBALANCED), "status", "--config", str(operated)], 2 * runs + 1)
+        cli["check-config"] = _command_seconds([str(WANBALANCED), "check-config", "--config", str(operated)],
+                                               2 * runs + 1)
     try:
-        for _ in range(runs):
+        for i in range(runs):
             _unconfigure(lines.slaves)
             cold.append(_time_to_ready(str(config)))
             warm.append(_time_to_ready(str(config)))
+            with_endpoint.append(_time_to_ready(str(operated), then=commands if i == 0 else None))
     finally:
         lines.teardown()
-    return {"cold_s": cold, "warm_s": warm, "cold": summary(cold), "warm": summary(warm)}
+    return {"cold_s": cold, "warm_s": warm, "cold": summary(cold), "warm": summary(warm),
+            "warm_operated_s": with_endpoint, "warm_operated": summary(with_endpoint),
+            "cli_s": cli, "cli": {name: summary(v) for name, v in cli.items()}}
 
 
 # -- event storm ----------------------------------------------------------------------

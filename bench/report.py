@@ -202,6 +202,10 @@ def _idle_cell(cell: J) -> str:
             f"{cell['rss_kib'] / 1024:.1f} MiB in {cell['processes']} process(es)")
 
 
+def _span(cell: J) -> str:
+    return f"{_num(cell['p50'])} s [{_num(cell['min'])}–{_num(cell['max'])}]"
+
+
 def cost_block(data: J) -> str:
     parts: list[str] = []
     labels = _labels(data)
@@ -213,19 +217,25 @@ def cost_block(data: J) -> str:
                      + _size_table(idle, labels, _idle_cell))
     startup = data.get("startup", {})
     if startup:
-        rows = []
+        rows, cli_rows = [], []
         for name, per in startup.items():
             for n, cell in sorted(per.items(), key=lambda kv: int(kv[0])):
                 reason = _skip(cell)
                 if reason is not None:
                     rows.append([f"`{name}`", n, reason, ""])
                     continue
-                rows.append([f"`{name}`", n,
-                             f"{_num(cell['cold']['p50'])} s [{_num(cell['cold']['min'])}–{_num(cell['cold']['max'])}]",
-                             f"{_num(cell['warm']['p50'])} s [{_num(cell['warm']['min'])}–{_num(cell['warm']['max'])}]"])
+                rows.append([f"`{name}`", n, *(_span(cell[k]) if k in cell else "–"
+                                                for k in ("cold", "warm", "warm_operated"))])
+                for command, times in cell.get("cli", {}).items():
+                    cli_rows.append([f"`{name}`", n, f"`{command}`", _span(times)])
         parts.append("**Start-up**, launch to `READY=1`, median [min–max]; *cold*: nothing set up, the daemon "
-                     "attaches every slave first; *warm*: a restart on a converged kernel:\n\n"
-                     + _table(["daemon", "slaves", "cold", "warm"], rows))
+                     "attaches every slave first; *warm*: a restart on a converged kernel; *operated*: warm, "
+                     "with the metrics endpoint and the control socket on, as installed:\n\n"
+                     + _table(["daemon", "slaves", "cold", "warm", "warm, operated"], rows))
+        if cli_rows:
+            parts.append("**Commands** beside the running daemon, wall time, median [min–max]; `python` is a bare "
+                         "`python -c pass`, the reference measured in the same run:\n\n"
+                         + _table(["daemon", "slaves", "command", "seconds"], cli_rows))
     storm = data.get("storm")
     if isinstance(storm, dict) and "steps" in storm:
         rows = []
