@@ -50,7 +50,7 @@ __all__ = [
     "run_in_guest",
 ]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = lab_kernel.REPO
 INIT = REPO / "lab" / "init.sh"
 JOBS_DIR = REPO / ".lab"
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 from collections.abc import Iterator
 from ipaddress import IPv4Interface
 from pathlib import Path
-from types import FrameType
 
 import pytest
+from guards import fail_if_blocked
 from pydantic import ValidationError
 
 from wanbalanced.config import (MAX_CONFIG_SIZE, Config, ConfigError, DaemonConfig, EqualizerConfig, Problem,
@@ -444,16 +443,8 @@ def test_not_utf8(tmp_path: Path) -> None:
 @pytest.fixture
 def no_hang() -> Iterator[None]:
     """Opening a FIFO the blocking way would hang the test: fail it instead."""
-    def hung(_sig: int, _frame: FrameType | None) -> None:
-        raise AssertionError("load_config blocked")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(10)
-    try:
+    with fail_if_blocked("load_config", 10):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def problem_of(path: Path, secure: bool = False) -> str:

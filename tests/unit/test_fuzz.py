@@ -35,7 +35,6 @@ from hypothesis import strategies as st
 from kernelstate import master, slave, snapshot
 from test_daemon import DAEMON_CONFIG, FakeKernel, start, until
 
-from wanbalanced import daemon as daemon_mod
 from wanbalanced import probing
 from wanbalanced.cli import main
 from wanbalanced.config import (Config, ConfigError, DaemonConfig, DampingConfig, EqualizerConfig,

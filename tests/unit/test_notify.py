@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
+from guards import fail_if_blocked
 
 from wanbalanced.notify import Notifier, notify_address
 
@@ -18,16 +17,8 @@ from wanbalanced.notify import Notifier, notify_address
 @pytest.fixture(autouse=True)
 def never_hang() -> Iterator[None]:
     """A blocking send would hang the test: make it fail instead."""
-    def hung(_sig: int, _frame: FrameType | None) -> None:
-        raise AssertionError("the notifier blocked")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    try:
+    with fail_if_blocked("the notifier", 20):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def receiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, abstract: bool = False) -> socket.socket:
