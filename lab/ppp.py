@@ -35,6 +35,10 @@ What a line does, measured in the guest (kernels 6.1 and 7.2):
   ``/run/lab-ppp/wanN.hold`` keeps the far end from answering (the near
   pppd then keeps sending LCP Configure-Requests, and ``wanN`` exists,
   down).
+* Router B's end routes 10.0.0.0/31 back only once its pppd has brought
+  it up (``ppp-far.sh`` polls for that): for up to about 100 ms after
+  router A's end is up, replies over a fresh line are lost.  ``Lab.line_up``
+  includes that route.
 * pppd's own logs: ``/run/lab-ppp/wanN.log`` (A) and ``wanNp.log`` (B).
 
 Every pid of ours is kept in ``/run/lab-ppp/*.pid``: ``stop_all()`` kills

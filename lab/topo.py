@@ -40,6 +40,9 @@ How traffic flows (measured in the guest, kernel 6.1):
   ``setup(ipv6=True)``, so that wanN's packet counters only count what the
   tests send (no DAD, router solicitations, MLD reports).
 
+Lines are veth pairs unless ``setup(kinds=...)`` asks for real PPP or PPPoE
+lines (lab/ppp.py): then pppd makes wanN and wanNp, with the same VRF layout.
+
 A far end going down (``far_down``) drops the carrier of wanN; the kernel's
 teql then skips wanN.  The VRF route on B dies with the far end, so
 ``far_up`` adds it back.
