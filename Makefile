@@ -6,9 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # user-mode-linux: the lab's kernel with the real sch_teql; kmod: insmod in the
 # guest; iproute2 and iputils-ping: the lab's fault injection and observers;
-# gcc, pkg-config, python3-dev, libsystemd-dev: to build systemd-python.
+# gcc, pkg-config, python3-dev, libsystemd-dev: to build systemd-python;
+# ppp and pppoe: the lab's PPP and PPPoE lines (pppd, its PPPoE plugin, pppoe-server).
 APT_PACKAGES := user-mode-linux kmod iproute2 iputils-ping python3-venv \
-                gcc pkg-config python3-dev libsystemd-dev
+                gcc pkg-config python3-dev libsystemd-dev ppp pppoe
 STAMP  := $(VENV)/.installed
 # promtool, unpacked from Debian's prometheus package rather than installed,
 # so that testing does not leave a Prometheus server running on the host.

@@ -1,8 +1,10 @@
-"""`make demo`: the daemon reacting to link faults, on the real sch_teql.
+"""`make demo`: the daemon reacting to PPP hang-ups and redials, on the real sch_teql.
 
-Runs inside the UML guest (see lab/uml.py). Builds router A and router B,
-starts `wanbalanced run` with the repository's config.example.toml, then kills
-and restores lines while showing the daemon's log and the kernel's state.
+Runs inside the UML guest (see lab/uml.py). Builds router A and router B with
+two real PPP lines (pppd at both ends, lab/ppp.py), starts `wanbalanced run`
+with the repository's config.example.toml, then hangs lines up and lets them
+redial (pppd deletes the interface and creates it again, the seed's case)
+while showing the daemon's log and the kernel's state.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ def say(text: str) -> None:
 def kernel_state(lab: Lab) -> None:
     parts = []
     for s in lab.slaves:
-        qdisc = root_qdisc(s) if lab.link_exists(s) else None
-        parts.append(f"{s}: {'absent' if qdisc is None and not lab.link_exists(s) else qdisc}")
+        link = lab.link(s)
+        if link is None:
+            parts.append(f"{s}: absent")
+        else:
+            up = "up" if "UP" in link["flags"] else "down (negotiating)"
+            parts.append(f"{s}: #{link['ifindex']} {up} mtu {link['mtu']} qdisc {root_qdisc(s)}")
     route = default_route()
     teql = ip_json("link", "show", "dev", "teql0")
     up = "UP" if teql and "UP" in teql[0]["flags"] else "down"
@@ -37,7 +43,11 @@ def kernel_state(lab: Lab) -> None:
     print(f"   {DIM}kernel:{RESET} " + " | ".join(parts), flush=True)
 
 
-def traffic() -> None:
+def traffic(lab: Lab) -> None:
+    # Router B routes replies back over a line once its own pppd is up.
+    for i in range(lab.n_slaves):
+        if lab.attached(lab.slave(i)):
+            lab.wait_line_up(i)
     got = ping(10, interval=0.02)
     print(f"   {DIM}traffic:{RESET} ping through teql0 to router B: {got}/10 replies", flush=True)
 
@@ -69,13 +79,15 @@ def main() -> int:
     reset_teql(2)
     lab = Lab()
     lab.teardown()
-    lab.setup(2)
+    # The seed's case: point-to-point WAN lines whose interface pppd deletes
+    # on a hang-up and creates again on a redial (lab/ppp.py).
+    lab.setup(2, kinds="ppp")
     workdir = Path(tempfile.mkdtemp(prefix="wanbalanced-demo-"))
     config = (REPO / "config.example.toml").read_text()
     wb = Wanbalanced(workdir, config, log_level="info")
     tail = LogTail(wb.log_path)
     try:
-        say("Router A: wan0 and wan1 are up, teql0 exists (sch_teql loaded), nothing is set up")
+        say("Router A: PPP lines wan0 and wan1 dialled (pppd, far ends in router B), teql0 exists, nothing is set up")
         set_rp_filter("wan1", 1)
         kernel_state(lab)
         say("wanbalanced plan --config config.example.toml  (prints the changes, makes none)")
@@ -87,52 +99,52 @@ def main() -> int:
         lab.wait_until(lambda: lab.attached("wan1"), 5)  # after its up_delay
         settle()
         kernel_state(lab)
-        traffic()
+        traffic(lab)
 
-        say("Line wan0 dies: router B's end goes down (carrier loss)")
-        lab.far_down(0)
+        say("Line wan0 hangs up: router B's pppd dies, pppd on A deletes wan0")
+        lab.hang_up(0, redial=False)
         lab.wait_until(lambda: not lab.attached("wan0"), 5)
         settle()
         kernel_state(lab)
-        traffic()
+        traffic(lab)
 
-        say("Line wan0 comes back")
-        lab.far_up(0)
-        lab.wait_until(lambda: lab.attached("wan0"), 5)
-        settle()
-        kernel_state(lab)
-
-        say("wan1 hangs up and redials (pppd deletes and recreates the interface); up_delay is 2s")
+        say("wan0 redials: pppd creates a new wan0 (new ifindex, no qdisc, the 'default' rp_filter 2)")
         set_rp_filter("default", 2)
-        lab.delete_slave(1)
-        settle()
-        lab.recreate_slave(1)
-        lab.wait_until(lambda: lab.attached("wan1"), 5)
+        lab.redial(0)
+        lab.wait_until(lambda: lab.attached("wan0"), 10)
         settle()
         kernel_state(lab)
-        traffic()
+        traffic(lab)
 
-        say("Both lines die: the default route via teql0 is withdrawn (a backup route could take over)")
-        lab.far_down(0)
-        lab.far_down(1)
+        say("wan1 hangs up and pppd redials by itself after its holdoff (1s); up_delay is 2s")
+        lab.hang_up(1)
+        lab.wait_until(lambda: not lab.attached("wan1"), 5)
+        lab.wait_until(lambda: lab.attached("wan1"), 15)
+        settle()
+        kernel_state(lab)
+        traffic(lab)
+
+        say("Both lines hang up: the default route via teql0 is withdrawn (a backup route could take over)")
+        lab.hang_up(0, redial=False)
+        lab.hang_up(1, redial=False)
         lab.wait_until(lambda: default_route() is None, 5)
         settle()
         kernel_state(lab)
 
-        say("Both lines return")
-        lab.far_up(0)
-        lab.far_up(1)
-        lab.wait_until(lambda: default_route() is not None and lab.attached("wan1"), 8)
+        say("Both lines redial")
+        lab.redial(0)
+        lab.redial(1)
+        lab.wait_until(lambda: default_route() is not None and lab.attached("wan0") and lab.attached("wan1"), 15)
         settle()
         kernel_state(lab)
-        traffic()
+        traffic(lab)
 
         say("systemctl stop / SIGTERM: the daemon exits, the equalizer keeps working")
         code, took = wb.stop()
         settle()
         print(f"   exit status {code} after {took * 1000:.0f} ms", flush=True)
         kernel_state(lab)
-        traffic()
+        traffic(lab)
         return 0
     finally:
         tail.stopped.set()

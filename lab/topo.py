@@ -40,6 +40,9 @@ How traffic flows (measured in the guest, kernel 6.1):
   ``setup(ipv6=True)``, so that wanN's packet counters only count what the
   tests send (no DAD, router solicitations, MLD reports).
 
+Lines are veth pairs unless ``setup(kinds=...)`` asks for real PPP or PPPoE
+lines (lab/ppp.py): then pppd makes wanN and wanNp, with the same VRF layout.
+
 A far end going down (``far_down``) drops the carrier of wanN; the kernel's
 teql then skips wanN.  The VRF route on B dies with the far end, so
 ``far_up`` adds it back.
@@ -51,11 +54,14 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from lab import ppp
 
 __all__ = [
     "FAR_ADDR",
@@ -502,6 +508,7 @@ class Lab:
 
     def __init__(self) -> None:
         self.n_slaves = 0
+        self.kinds: list[str] = []
 
     # names ------------------------------------------------------------
 
@@ -523,6 +530,14 @@ class Lab:
     def slaves(self) -> list[str]:
         return [self.slave(i) for i in range(self.n_slaves)]
 
+    def lines_of(self, kind: str) -> list[int]:
+        """The lines of one kind ("veth", "ppp", "pppoe")."""
+        return [i for i, k in enumerate(self.kinds) if k == kind]
+
+    def peer_addr(self, i: int) -> str:
+        """Router B's IPCP address on PPP or PPPoE line i (10.1.i.2, 10.2.i.2)."""
+        return ppp.peer_addr(self.kinds[i], i)
+
     # setup / teardown -------------------------------------------------
 
     def setup(
@@ -532,10 +547,15 @@ class Lab:
         up: bool = True,
         attach: bool = False,
         ipv6: bool = False,
+        kinds: str | Sequence[str] = "veth",
     ) -> None:
         """Create router B and ``n_slaves`` lines.
 
-        ``up``: bring router A's ends wanN up (far ends are always up).
+        ``kinds``: each line's kind, "veth", "ppp" or "pppoe" (lab/ppp.py),
+        one for all or one per line.
+        ``up``: bring router A's ends wanN up (far ends are always up); on
+        a PPP or PPPoE line, wait until it is up (IPCP done), or with
+        ``up=False`` keep its far end from answering (``redial`` lets it).
         ``attach``: also ``tc qdisc add dev wanN root teql0`` (nothing
         else of the seed: no address, route or link state on teql0).
         """
@@ -543,6 +563,10 @@ class Lab:
             raise ValueError("n_slaves must be >= 0")
         if os.path.exists(f"/run/netns/{NS}"):
             raise RuntimeError(f"netns {NS} exists: teardown() first")
+        self.kinds = [kinds] * n_slaves if isinstance(kinds, str) else list(kinds)
+        if len(self.kinds) != n_slaves or not set(self.kinds) <= set(ppp.KINDS):
+            raise ValueError(f"kinds must be one of {ppp.KINDS} or one per line, got {kinds!r}")
+        ppp.prepare(self.kinds)
         self.n_slaves = n_slaves
         # Router A.  A new netns inherits init_net's IPv4 all/default
         # settings (net.core.devconf_inherit_init_net=0), so B and every
@@ -571,9 +595,16 @@ class Lab:
                 ["addr", "add", f"{FAR_ADDR2}/32", "dev", self.vrf(i)],
             ]
         batch(b, ns=NS)
-        self._make_lines(range(n_slaves), up=up)
-        for i in range(n_slaves):
+        self._make_lines(self.lines_of("veth"), up=up)
+        for i in self.lines_of("veth"):
             set_rp_filter(self.slave(i), 0)
+        dialled = [i for i in range(n_slaves) if self.kinds[i] != "veth"]
+        for i in dialled:
+            ppp.hold(i, not up)
+            ppp.start_line(self.kinds[i], i, NS)
+        if up:
+            for i in dialled:
+                self.wait_line_up(i)
         if attach:
             batch([["qdisc", "add", "dev", self.slave(i), "root", MASTER]
                    for i in range(n_slaves)], tool="tc")
@@ -598,8 +629,10 @@ class Lab:
                 "table", str(VRF_TABLE_BASE + i)]
 
     def teardown(self) -> None:
-        """Remove lines and router B; strip teql0's addresses and routes
-        and bring it down.  Safe to call more than once."""
+        """Stop every pppd and pppoe-server of the lab, remove lines and
+        router B; strip teql0's addresses and routes and bring it down.
+        Safe to call more than once, and after an aborted test."""
+        ppp.stop_all()
         cmds = [["link", "del", name] for name in self._wan_links()]
         if os.path.exists(f"/run/netns/{NS}"):
             cmds.append(["netns", "del", NS])
@@ -616,7 +649,7 @@ class Lab:
     def _wan_links() -> list[str]:
         return sorted(
             p.name for p in Path("/sys/class/net").iterdir()
-            if re.fullmatch(r"wan\d+", p.name)
+            if re.fullmatch(r"(wan|pe)\d+", p.name)
         )
 
     # the seed, by hand -----------------------------------------------
@@ -684,6 +717,45 @@ class Lab:
         if far:
             ip("link", "set", self.far(i), "mtu", str(mtu), ns=NS)
         ip("link", "set", self.slave(i), "mtu", str(mtu))
+
+    # PPP and PPPoE lines (lab/ppp.py) ----------------------------------
+
+    def hang_up(self, i: int, *, redial: bool = True, sig: int = signal.SIGKILL) -> int:
+        """Kill router B's pppd on line i (SIGKILL: the line drops without an
+        LCP Terminate).  Router A's pppd then deletes wanI and dials again
+        after its holdoff (1 s); with ``redial=False`` the far end does not
+        answer until ``redial(i)``.  Returns the ifindex wanI had."""
+        index = self.ifindex(self.slave(i))
+        ppp.hold(i, not redial)
+        ppp.kill_far(i, sig)
+        return index
+
+    def redial(self, i: int, *, mru: int | None = None) -> None:
+        """Let router B's end of line i answer the next dial, with ``mru``
+        (wanI's MTU after the dial: its peer's MRU) if given."""
+        ppp.write_far_opts(self.kinds[i], i, mru)
+        ppp.hold(i, False)
+
+    def line_up(self, i: int) -> bool:
+        """PPP or PPPoE line i is up: wanI is up with its IPCP address, and
+        router B's end routes 10.0.0.0/31 back over it."""
+        dev = link(self.slave(i))
+        if dev is None or "UP" not in dev.get("flags", []):
+            return False
+        if f"{ppp.near_addr(self.kinds[i], i)}/32" not in addresses(self.slave(i)):
+            return False
+        table = str(VRF_TABLE_BASE + i)
+        return any(r.get("dst") == LOCAL_PREFIX for r in routes(self.far(i), table=table, ns=NS))
+
+    def wait_line_up(self, i: int, timeout: float = 15.0) -> float:
+        """Wait until PPP or PPPoE line i is up; the seconds it took."""
+        return wait_until(lambda: self.line_up(i), timeout, 0.05, what=f"line {i} ({self.kinds[i]}) up")
+
+    @staticmethod
+    def ifindex(ifname: str) -> int:
+        """Router A's ifindex of IFNAME (raises if absent)."""
+        with open(f"/sys/class/net/{ifname}/ifindex") as f:
+            return int(f.read())
 
     def run_b(self, *args: str, check: bool = True) -> str:
         """Run a command on router B; returns stdout."""
