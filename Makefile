@@ -64,7 +64,7 @@ lab: deps
 # version of the same code (a debian/changelog entry in the copy);
 # UPSTREAM_VERSION=0.1.1 also sets the Python package's version in the copy
 # (a new upstream release, for the upgrade test: other code, so a restart).
-DEB_APT := dpkg-dev debhelper dh-virtualenv lintian fakeroot python3-dev \
+DEB_APT := dpkg-dev debhelper dh-virtualenv lintian python3-dev \
            python3-venv libsystemd-dev pkg-config
 DEB_DIR := build/deb
 DEB_VERSION ?=
@@ -103,11 +103,26 @@ deb:
 # The systemd unit end to end (tests/e2e/): the README's "Install with systemd"
 # in a Debian 12 booted with real systemd in User-Mode Linux (see lab/systemd/).
 # Its root is built once with mmdebstrap and cached in /var/cache/wanbalanced-lab.
-.PHONY: e2e
-e2e: deps
+# It also installs the Debian package there (tests/e2e/test_deb.py), upgrades
+# it to a newer build of the same code (a reload) and to newer code (a
+# restart), and purges it: e2e-debs builds the three with `make deb`.
+DEB_ARCH = $(shell dpkg --print-architecture)
+DEB_BASE = $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)
+UPSTREAM = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+E2E_DEBS = wanbalanced_$(DEB_BASE)_$(DEB_ARCH).deb \
+           wanbalanced_$(DEB_BASE)+e2e1_$(DEB_ARCH).deb \
+           wanbalanced_$(UPSTREAM)+e2e2-1_$(DEB_ARCH).deb
+.PHONY: e2e e2e-debs
+e2e-debs:
+	$(MAKE) deb
+	$(MAKE) deb DEB_VERSION=$(DEB_BASE)+e2e1
+	$(MAKE) deb DEB_VERSION=$(UPSTREAM)+e2e2-1 UPSTREAM_VERSION=$(UPSTREAM)+e2e2
+
+e2e: deps e2e-debs
 	@dpkg -s mmdebstrap >/dev/null 2>&1 || { echo "installing Debian packages: mmdebstrap"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap; }
-	WB_LAB_REQUIRED=1 $(BIN)/python -m pytest -v -p no:cacheprovider tests/e2e
+	WB_LAB_REQUIRED=1 WB_DEB_DIR=$(CURDIR)/$(DEB_DIR) WB_DEBS="$(E2E_DEBS)" \
+	  $(BIN)/python -m pytest -v -p no:cacheprovider tests/e2e
 
 test: typecheck unit lab e2e
 
