@@ -1,7 +1,9 @@
-"""The checks of the end-to-end test, in the order the guest runs them.
+"""The checks of the end-to-end tests, in the order the guest runs them.
 
-Shared by the guest script (``guest_e2e.py``, which records a result per
-check) and the host test (``test_systemd.py``, one test per check).
+Shared by the guest scripts (``guest_e2e.py`` for the README's install by
+hand, ``guest_deb.py`` for the Debian package; each records a result per
+check) and the host tests (``test_systemd.py``, ``test_deb.py``: one test per
+check).
 """
 
 from __future__ import annotations
@@ -33,5 +35,19 @@ CHECKS: tuple[tuple[str, str], ...] = (
     ("security", "`systemd-analyze security` exposure no worse than systemd-networkd's"),
 )
 
+#: The Debian package (``make deb``), installed offline in a fresh guest.
+DEB_CHECKS: tuple[tuple[str, str], ...] = (
+    ("boot", "the guest booted to multi-user.target with no failed unit"),
+    ("deb_install", "`apt-get install ./wanbalanced_*.deb` installed the package offline"),
+    ("deb_files", "the package's files are in place and the venv runs its own dependencies"),
+    ("deb_enabled_not_started", "the unit is enabled but, with the shipped config, not started"),
+    ("deb_module_loaded", "the postinst loaded sch_teql with modprobe.d's max_equalizers=1"),
+    ("deb_configured", "an operator's config -> daemon active, teql0 managed, `wanbalanced status`"),
+    ("deb_upgrade_reload", "upgrade, same code: edited conffile kept, reload, same daemon, teql0 untouched"),
+    ("deb_upgrade_restart", "upgrade, new code: edited conffile kept, restart, teql0 untouched"),
+    ("deb_purge", "`apt-get purge` leaves nothing: config, venv, unit, dpkg's record"),
+)
+
 NAMES: tuple[str, ...] = tuple(name for name, _ in CHECKS)
 DESCRIPTIONS: dict[str, str] = dict(CHECKS)
+DEB_DESCRIPTIONS: dict[str, str] = dict(DEB_CHECKS)

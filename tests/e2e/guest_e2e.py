@@ -8,7 +8,7 @@ the guest's own Python (``python3``, standard library only, plus
 network.  As an operator would, the script:
 
 1. copies the checkout to ``/usr/local/src/wanbalanced`` (the router's clone)
-   and runs the README's "Install with systemd" commands there, exactly as
+   and runs the README's "Install into a virtual environment" commands there, exactly as
    written, in their offline variant (``pip install --no-index
    --find-links``);
 2. builds the lab topology (``lab.topo.Lab``: router B in a netns, the lines
@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent.parent
 sys.path[:0] = [str(CHECKOUT), str(HERE)]
 
-from checks import CHECKS, DESCRIPTIONS  # noqa: E402
+from checks import CHECKS  # noqa: E402
 from readme import install_doc  # noqa: E402
 
 from lab.topo import Lab, default_route, root_qdisc, rp_filter, wait_until  # noqa: E402
@@ -649,13 +649,17 @@ def save(e2e: E2E) -> None:
     tmp.replace(RESULTS / "checks.json")
 
 
-def main() -> int:
-    e2e = E2E()
+def run_checks(e2e: E2E, checks: tuple[tuple[str, str], ...],
+               needs: dict[str, tuple[str, ...]]) -> int:
+    """Run ``checks`` in order (``e2e.check_<name>()`` each), a check whose
+    ``needs`` did not pass being blocked; 0 if all passed."""
+    descriptions = dict(checks)
     start = time.monotonic()
-    for name, _ in CHECKS:
-        blocked = [n for n in NEEDS.get(name, ()) if e2e.results.get(n, {}).get("status") != "pass"]
+    for name, _ in checks:
+        blocked = [n for n in needs.get(name, ()) if e2e.results.get(n, {}).get("status") != "pass"]
         t0 = time.monotonic()
-        log(f"=== {name}: {DESCRIPTIONS[name]}")
+        log(f"=== {name}: {descriptions[name]}")
+        result: JSON
         if blocked:
             result = {"status": "blocked", "detail": f"blocked: {', '.join(blocked)} failed"}
         else:
@@ -678,9 +682,13 @@ def main() -> int:
         "\n".join(json.dumps(e) for e in journal()) + "\n")
     save(e2e)
     failed = [n for n, r in e2e.results.items() if r["status"] != "pass"]
-    log(f"=== {len(CHECKS) - len(failed)}/{len(CHECKS)} checks passed"
+    log(f"=== {len(checks) - len(failed)}/{len(checks)} checks passed"
         + (f"; not passed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def main() -> int:
+    return run_checks(E2E(), CHECKS, NEEDS)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The README's "Install with systemd" section, as commands to run.
+"""The README's "Install into a virtual environment" section, as commands to run.
 
 Used by the guest script (it installs exactly as the README says) and by the
 host tests (the wheelhouse is made with the README's own ``pip download``
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTION = "Install with systemd"
+SECTION = "Install into a virtual environment"
 #: The line of the install block that the offline variant replaces.
 ONLINE_PIP = "/opt/wanbalanced/bin/pip install ."
 #: Placeholder for the wheelhouse in the offline variant.

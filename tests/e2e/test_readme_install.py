@@ -1,4 +1,4 @@
-"""The README's "Install with systemd" section against the checkout (host
+"""The README's "Install into a virtual environment" section against the checkout (host
 only, no guest): the files it installs exist, and its offline download list
 is the build backend plus the dependencies of pyproject.toml, less what
 Debian provides."""
@@ -50,3 +50,22 @@ def test_installed_files_exist() -> None:
         if words and words[0] in ("install", "cp") and "-d" not in words:
             source = words[-2]
             assert (REPO / source).is_file(), f"README installs {source}, which does not exist"
+
+
+def test_readme_installs_the_package_make_deb_builds() -> None:
+    """The README's package block installs the file `make deb` builds: the
+    version of debian/changelog, whose upstream part is pyproject.toml's."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"^## Install the Debian package\s*$.*?^```sh\n(.*?)^```", text,
+                      re.MULTILINE | re.DOTALL)
+    assert block, "README has no sh block in '## Install the Debian package'"
+    lines = block.group(1).splitlines()
+    assert lines[0] == "make deb"
+    changelog = (REPO / "debian" / "changelog").read_text().splitlines()[0]
+    m = re.match(r"wanbalanced \(([^)]+)\) ", changelog)
+    assert m, changelog
+    version = m.group(1)
+    upstream = version.rsplit("-", 1)[0]
+    assert upstream == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert re.fullmatch(rf"apt install \./build/deb/wanbalanced_{re.escape(version)}_[a-z0-9]+\.deb",
+                        lines[1]), lines[1]
