@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import errno as errnos
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 from typing import ClassVar, Protocol
@@ -37,6 +38,9 @@ from .observed import (
     Route,
     Snapshot,
 )
+
+#: Seconds to wait before retrying a write that raced a device's rename.
+RENAME_SETTLE = 0.05
 
 
 def _table(table: int) -> str:
@@ -127,6 +131,11 @@ class Action(abc.ABC):
     def drifted(self, snap: Snapshot) -> str:
         """What someone else changed, in words."""
         return f"{self.kind} of {self.device} changed"
+
+    def retry_soon(self, errno: int) -> float | None:
+        """Seconds after which a first failure with `errno` is worth one quiet
+        retry, when the kernel is known to catch up by itself; None: a real error."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -340,6 +349,12 @@ class SetRpFilter(OnDevice):
     def drifted(self, snap: Snapshot) -> str:
         link = snap.link(self.name)
         return f"rp_filter of {self.name} was changed to {link.rp_filter if link is not None else '?'}"
+
+    def retry_soon(self, errno: int) -> float | None:
+        # pppd creates pppN and renames it wanN; the kernel announces the new
+        # name before it has moved the device's sysctl directory (seen in the
+        # lab once in four redials), so the file is briefly missing.
+        return RENAME_SETTLE if errno == errnos.ENOENT else None
 
 
 def _kinds(classes: list[type[Action]]) -> list[str]:

@@ -448,6 +448,13 @@ class Daemon:
             self.report.refused(action, message)
             return
         old = self._backoff.get(action)
+        soon = action.retry_soon(e.errno) if old is None else None
+        if soon is not None:
+            # One quiet retry; the next failure is logged as an error and backs
+            # off from BACKOFF_FIRST as usual (error "" never equals its text).
+            log.debug("%s: %s failed: %s; retrying in %gs", action.device, action.command(), e, soon)
+            self._backoff[action] = _Backoff(self.clock() + soon, BACKOFF_FIRST / 2, "")
+            return
         delay = BACKOFF_FIRST if old is None else min(old.delay * 2, BACKOFF_MAX)
         self._backoff[action] = _Backoff(self.clock() + delay, delay, str(e))
         self.report.failed(action, e.detail or str(e), delay, first=old is None or old.error != str(e))

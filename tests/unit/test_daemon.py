@@ -157,6 +157,46 @@ async def test_failed_write_is_retried_with_backoff_and_logged_once(
     assert await stop(task) == 0
 
 
+def missing_sysctl(monkeypatch: pytest.MonkeyPatch, failures: int) -> tuple[FakeKernel, str]:
+    """A kernel whose wan0 rp_filter file is missing for the first `failures` writes."""
+    monkeypatch.setattr(daemon_mod, "BACKOFF_FIRST", 60.0)
+    kernel = FakeKernel(snapshot(master(), slave(10, "wan0", rp_filter=1), slave(11, "wan1")))
+    write = "sysctl -w net.ipv4.conf.wan0.rp_filter=0"
+    kernel.failures[write] = [errno.ENOENT] * failures
+    return kernel, write
+
+
+@run_async
+async def test_a_sysctl_missing_after_a_rename_is_retried_soon_and_quietly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pppd's pppN -> wanN: the sysctl directory moves after the rename is
+    # announced. One quiet retry after RENAME_SETTLE, far before BACKOFF_FIRST.
+    kernel, write = missing_sysctl(monkeypatch, failures=1)
+    with caplog.at_level(logging.DEBUG, logger="wanbalanced"):
+        d, task = await start(kernel)
+        await until(lambda: kernel.executed.count(write) == 1)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not d._backoff and kernel.failures[write] == []
+    assert await stop(task) == 0
+
+
+@run_async
+async def test_a_sysctl_still_missing_after_the_quick_retry_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel, write = missing_sysctl(monkeypatch, failures=3)
+    with caplog.at_level(logging.DEBUG, logger="wanbalanced"):
+        d = Daemon(config(DAEMON_CONFIG), kernel)
+        task = asyncio.create_task(d.run())
+        await until(lambda: len(kernel.failures[write]) == 1)
+        await asyncio.sleep(0.2)  # the next retry is BACKOFF_FIRST away, not RENAME_SETTLE
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "No such file or directory; retrying in 60s" in errors[0]
+    assert len(kernel.failures[write]) == 1
+    assert await stop(task) == 0
+
+
 @run_async
 async def test_backoff_survives_a_change_of_reason(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
