@@ -33,11 +33,13 @@ from .observed import (
     RT_SCOPE_LINK,
     RT_TABLE_MAIN,
     RTPROT_KERNEL,
+    TEQL_FLAGS,
     Address,
     Link,
     Qdisc,
     Route,
     Snapshot,
+    is_teql_name,
 )
 
 
@@ -216,6 +218,18 @@ class OnDevice(Action):
             snap.put_link(change(link))
 
 
+def _opened(snap: Snapshot, link: Link) -> Link:
+    """A teql device as opening it leaves it (teql_master_open): the smallest
+    MTU of its slaves and only the link flags they all share."""
+    slaves = [l for l in snap.links.values() if l.attached_to(link.name)]
+    if not is_teql_name(link.name) or not slaves:
+        return link
+    shared = TEQL_FLAGS
+    for slave in slaves:
+        shared &= slave.flags
+    return dataclasses.replace(link, mtu=min(l.mtu for l in slaves), flags=(link.flags & ~TEQL_FLAGS) | shared)
+
+
 @dataclass(frozen=True)
 class LinkUp(OnDevice):
     kind = "link"
@@ -224,7 +238,7 @@ class LinkUp(OnDevice):
         await ops.set_link_up(self.index)
 
     def expect(self, snap: Snapshot) -> None:
-        self._change_link(snap, lambda link: dataclasses.replace(link, flags=link.flags | IFF_UP))
+        self._change_link(snap, lambda link: _opened(snap, dataclasses.replace(link, flags=link.flags | IFF_UP)))
 
     def command(self) -> str:
         return f"ip link set {self.name} up"
