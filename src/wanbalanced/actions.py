@@ -33,7 +33,7 @@ from .observed import (
     RT_SCOPE_LINK,
     RT_TABLE_MAIN,
     RTPROT_KERNEL,
-    TEQL_FLAGS,
+    TEQL_DERIVED_FLAGS,
     Address,
     Link,
     Qdisc,
@@ -220,14 +220,15 @@ class OnDevice(Action):
 
 def _opened(snap: Snapshot, link: Link) -> Link:
     """A teql device as opening it leaves it (teql_master_open): the smallest
-    MTU of its slaves and only the link flags they all share."""
+    MTU of its slaves, and BROADCAST and POINTOPOINT only if they all have it."""
     slaves = [l for l in snap.links.values() if l.attached_to(link.name)]
     if not is_teql_name(link.name) or not slaves:
         return link
-    shared = TEQL_FLAGS
+    shared = TEQL_DERIVED_FLAGS
     for slave in slaves:
         shared &= slave.flags
-    return dataclasses.replace(link, mtu=min(l.mtu for l in slaves), flags=(link.flags & ~TEQL_FLAGS) | shared)
+    return dataclasses.replace(link, mtu=min(l.mtu for l in slaves),
+                               flags=(link.flags & ~TEQL_DERIVED_FLAGS) | shared)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,9 @@ IFF_LOWER_UP = 0x10000
 # (teql_qdisc_init); the master takes those all its slaves share when it is
 # opened (teql_master_open).
 TEQL_FLAGS = IFF_BROADCAST | IFF_POINTOPOINT | IFF_MULTICAST
+# The flags the master takes from its slaves (FMASK in sch_teql.c): MULTICAST
+# is not among them, so a teql device never has it unless set by hand.
+TEQL_DERIVED_FLAGS = IFF_BROADCAST | IFF_POINTOPOINT
 
 
 def flag_names(flags: int) -> str:
