@@ -24,6 +24,7 @@ import dataclasses
 import errno as errnos
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
+from collections.abc import Callable
 from typing import ClassVar, Protocol
 
 from .observed import (
@@ -33,10 +34,13 @@ from .observed import (
     RT_SCOPE_LINK,
     RT_TABLE_MAIN,
     RTPROT_KERNEL,
+    TEQL_DERIVED_FLAGS,
     Address,
+    Link,
     Qdisc,
     Route,
     Snapshot,
+    is_teql_name,
 )
 
 #: Seconds to wait before retrying a write that raced a device's rename.
@@ -71,6 +75,10 @@ class KernelOps(Protocol):
         """Delete the root qdisc, only if it is of `kind`."""
 
     async def set_link_up(self, index: int) -> None: ...
+
+    async def set_link_down(self, index: int) -> None: ...
+
+    async def set_mtu(self, index: int, mtu: int) -> None: ...
 
     async def add_address(self, index: int, address: IPv4Interface, flags: int) -> None: ...
 
@@ -212,6 +220,25 @@ class OnDevice(Action):
     def device(self) -> str:
         return self.name
 
+    def _change_link(self, snap: Snapshot, change: Callable[[Link], Link]) -> None:
+        """Apply `change` to the device in the snapshot, if it is there."""
+        link = snap.links.get(self.index)
+        if link is not None:
+            snap.put_link(change(link))
+
+
+def _opened(snap: Snapshot, link: Link) -> Link:
+    """A teql device as opening it leaves it (teql_master_open): the smallest
+    MTU of its slaves, and BROADCAST and POINTOPOINT only if they all have it."""
+    slaves = [l for l in snap.links.values() if l.attached_to(link.name)]
+    if not is_teql_name(link.name) or not slaves:
+        return link
+    shared = TEQL_DERIVED_FLAGS
+    for slave in slaves:
+        shared &= slave.flags
+    return dataclasses.replace(link, mtu=min(l.mtu for l in slaves),
+                               flags=(link.flags & ~TEQL_DERIVED_FLAGS) | shared)
+
 
 @dataclass(frozen=True)
 class LinkUp(OnDevice):
@@ -221,15 +248,57 @@ class LinkUp(OnDevice):
         await ops.set_link_up(self.index)
 
     def expect(self, snap: Snapshot) -> None:
-        link = snap.links.get(self.index)
-        if link is not None:
-            snap.put_link(dataclasses.replace(link, flags=link.flags | IFF_UP))
+        self._change_link(snap, lambda link: _opened(snap, dataclasses.replace(link, flags=link.flags | IFF_UP)))
 
     def command(self) -> str:
         return f"ip link set {self.name} up"
 
     def drifted(self, snap: Snapshot) -> str:
         return f"{self.name} was set down"
+
+
+@dataclass(frozen=True)
+class LinkDown(OnDevice):
+    """Set the equalizer down to reopen it: a teql device takes the flags its
+    slaves share only when it is opened (teql_master_open). The kernel flushes
+    the IPv4 routes through it, so the plan adds ours again after the LinkUp."""
+    kind = "link"
+    event = "reopen"
+
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.set_link_down(self.index)
+
+    def expect(self, snap: Snapshot) -> None:
+        # put_link drops the routes through a device that goes down, as the kernel does.
+        self._change_link(snap, lambda link: dataclasses.replace(link, flags=link.flags & ~IFF_UP))
+
+    def command(self) -> str:
+        return f"ip link set {self.name} down"
+
+
+@dataclass(frozen=True)
+class SetMtu(OnDevice):
+    """Set the equalizer's MTU: lowered before a smaller slave joins (the
+    kernel refuses a slave below the MTU of a running teql device), raised
+    when the small one has gone for good (never above a slave's: the kernel
+    refuses that too, teql_master_mtu)."""
+    kind = "mtu"
+    event = "mtu"
+
+    mtu: int
+
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.set_mtu(self.index, self.mtu)
+
+    def expect(self, snap: Snapshot) -> None:
+        self._change_link(snap, lambda link: dataclasses.replace(link, mtu=self.mtu))
+
+    def command(self) -> str:
+        return f"ip link set {self.name} mtu {self.mtu}"
+
+    def drifted(self, snap: Snapshot) -> str:
+        link = snap.links.get(self.index)
+        return f"the MTU of {self.name} was changed to {link.mtu if link is not None else '?'}"
 
 
 @dataclass(frozen=True)

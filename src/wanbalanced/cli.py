@@ -154,7 +154,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
     for eq in answer["equalizers"]:
         route = "default route via it" if eq["default_route"] else "no default route"
-        print(f"{eq['equalizer']}: {eq['attached']}/{eq['configured']} slaves attached, {route}")
+        mtu = f", MTU {eq['mtu']} ({eq['mtu_reason']})" if eq.get("exists") else ""
+        print(f"{eq['equalizer']}: {eq['attached']}/{eq['configured']} slaves attached, {route}{mtu}")
     for f in answer["faults"]:
         print(f"fault: {f['message']}")
     return 0

@@ -89,12 +89,27 @@ class StatusCollector(Collector):
             ("up", "1 when the teql device exists and is up"),
             ("default_route", "1 while the default route via the equalizer is in the kernel"),
         )}
+        mtu = GaugeMetricFamily("wanbalanced_equalizer_mtu_bytes",
+                                "The equalizer's MTU in the kernel (it follows its smallest slave)",
+                                labels=["equalizer"])
+        mtu_changes = CounterMetricFamily("wanbalanced_equalizer_mtu_changes",
+                                          "Times the daemon changed the equalizer's MTU", labels=["equalizer"])
+        reopens = CounterMetricFamily("wanbalanced_equalizer_reopens",
+                                      "Times the daemon set the equalizer down and up to take a slave of "
+                                      "other link flags (mixed = \"reopen\")", labels=["equalizer"])
         for e in st.equalizers:
+            if e.exists:
+                mtu.add_metric([e.equalizer], e.mtu)
+            mtu_changes.add_metric([e.equalizer], e.mtu_changes)
+            reopens.add_metric([e.equalizer], e.reopens)
             eq["attached_slaves"].add_metric([e.equalizer], e.attached)
             eq["configured_slaves"].add_metric([e.equalizer], e.configured)
             eq["up"].add_metric([e.equalizer], e.up)
             eq["default_route"].add_metric([e.equalizer], e.default_route)
         yield from eq.values()
+        yield mtu
+        yield mtu_changes
+        yield reopens
 
         sent = CounterMetricFamily("wanbalanced_probe_sent", "ICMP echo requests sent through the slave",
                                    labels=["slave", "target"])

@@ -14,7 +14,7 @@ import stat
 import tomllib
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_interface
-from typing import Annotated, Any, Iterable
+from typing import Annotated, Any, Iterable, Literal
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       ValidationError, ValidationInfo, model_validator)
@@ -32,6 +32,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)")
 _DURATION_FORMS = 'expected a duration such as "250ms", "2s", "1.5s", "1m", or a number of seconds'
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+# The MTUs a teql device accepts (sch_teql.c, teql_master_setup: min_mtu, max_mtu).
+_MIN_MTU, _MAX_MTU = 68, 65535
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
@@ -285,6 +287,22 @@ class EqualizerConfig(BaseModel):
     route_metric: Annotated[int, Field(ge=0, le=4294967295)] = 0
     route_table: Annotated[int, Field(ge=1, le=4294967295), AfterValidator(_not_local_table)] = 254  # 254: main
     rp_filter: Annotated[int | None, BeforeValidator(_parse_rp_filter)] = 0  # None: unmanaged
+    # teql0's MTU follows its smallest slave; `mtu` caps it, `min_mtu` refuses
+    # slaves below it, and `mtu_hold` is how long a small slave that left
+    # keeps teql0's MTU down (a PPP redial must not make it flap).
+    mtu: Annotated[int, Field(ge=_MIN_MTU, le=_MAX_MTU)] | None = None
+    min_mtu: Annotated[int, Field(ge=_MIN_MTU, le=_MAX_MTU)] | None = None
+    mtu_hold: Duration = 60.0
+    # A slave whose link flags differ from those of the running teql device
+    # (PPP beside Ethernet): "reopen" sets the device down and up around the
+    # attach, so the kernel derives flags common to all; "refuse" leaves it out.
+    mixed: Literal["reopen", "refuse"] = "reopen"
+
+    @model_validator(mode="after")
+    def _mtu_floor(self) -> EqualizerConfig:
+        if self.min_mtu is not None and self.mtu is not None and self.min_mtu > self.mtu:
+            raise ValueError(f"min_mtu ({self.min_mtu}) is above mtu ({self.mtu}): no slave could join")
+        return self
 
 
 class DaemonConfig(BaseModel):

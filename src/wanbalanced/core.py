@@ -21,8 +21,10 @@ from .actions import (
     DeleteConnectedRoute,
     DeleteDefaultRoute,
     Detach,
+    LinkDown,
     LinkUp,
     ReplaceDefaultRoute,
+    SetMtu,
     SetRpFilter,
 )
 from .config import Config, EqualizerConfig, ProbeConfig
@@ -31,8 +33,10 @@ from .observed import (
     RT_SCOPE_LINK,
     RT_TABLE_MAIN,
     RTPROT_KERNEL,
+    TEQL_FLAGS,
     Link,
     Snapshot,
+    flag_names,
     teql_number,
 )
 from .slave import SlaveBook, SlaveMachine, State, Transition, next_deadline
@@ -73,6 +77,7 @@ class _Equalizer:
     attached: set[str] = field(default_factory=set)  # once the planned actions are done
     master_up: bool = False
     going_up: bool = False  # the plan sets the master up
+    reopening: bool = False  # the plan sets the master down and up again (mixed flags)
 
 
 @dataclass
@@ -84,6 +89,46 @@ class _Pass:
     actions: list[Action] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     wants: dict[tuple[str, str], object] = field(default_factory=dict)
+    # Devices the pass changes on purpose although what is wanted of them did
+    # not change (a reopen re-adds the route it flushes): never drift.
+    deliberate: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class MtuHold:
+    """A slave keeps its equalizer's MTU down to `mtu` while it is attached and
+    for `mtu_hold` after it left (`gone_since`), so that a PPP redial, which
+    deletes and creates the interface within seconds, does not make the MTU
+    flap. The key's second part is the equalizer itself for the MTU found at
+    start, when the daemon cannot know which slave set it."""
+
+    mtu: int
+    gone_since: float | None = None
+
+
+@dataclass
+class MtuTarget:
+    """The equalizer's MTU as its slaves allow: `limit`, that of its smallest
+    attached slave (capped by the configured `mtu`), which it must not exceed;
+    and `held`, below it, the MTU of a slave that left less than `mtu_hold`
+    ago. A hold keeps the MTU from rising; it never lowers it."""
+
+    limit: int | None
+    why: str
+    held: int | None = None
+    held_why: str = ""
+
+    def want(self, current: int) -> tuple[int | None, str]:
+        """The MTU wanted of a device whose MTU is `current`, and why."""
+        if self.limit is None:
+            return None, self.why
+        if current >= self.limit:
+            return self.limit, self.why
+        if self.held is None:
+            return self.limit, self.why
+        if self.held <= current:
+            return current, self.held_why
+        return self.held, self.held_why
 
 
 @dataclass(frozen=True)
@@ -112,6 +157,9 @@ class Core:
         # wan0 -> old0) while still attached: ifindex -> (equalizer, old name).
         # The kernel keeps the qdisc across a rename, so they are detached.
         self.orphans: dict[int, tuple[str, str]] = {}
+        # (equalizer, slave) -> what holds the equalizer's MTU down; see MtuHold.
+        self.mtu_holds: dict[tuple[str, str], MtuHold] = {}
+        self._mtu_seen: set[str] = set()  # equalizers whose start-up MTU is noted
         for eq in config.equalizers.values():
             for name in eq.slaves:
                 self.slaves[name] = SlaveBook(SlaveMachine(name, now), config.slave(name), honour_delays)
@@ -161,6 +209,9 @@ class Core:
                     cleanup.append(DeleteDefaultRoute("default route changed in the configuration", eq_name,
                                                       master.index, before.route_metric, before.route_table))
         self.slaves = books
+        # A slave removed from the configuration is gone for good at once.
+        self.mtu_holds = {(e, n): h for (e, n), h in self.mtu_holds.items()
+                          if e in new.equalizers and (n == e or new.equalizer_of(n) == e)}
         self.config = new
         self.settled = None  # what is wanted changed on purpose: nothing is drift
         return cleanup
@@ -174,9 +225,56 @@ class Core:
             for name in eq.slaves:
                 link = snap.link(name)
                 self._note_rename(eq_name, name, link, snap)
+                self.slaves[name].min_mtu = eq.min_mtu
                 out.extend(self.slaves[name].observe(eq_name, link, snap, now))
+            self._note_mtu_holds(eq_name, eq, snap, now)
         self._prune_orphans(snap)
         return out
+
+    def _note_mtu_holds(self, eq_name: str, eq: EqualizerConfig, snap: Snapshot, now: float) -> None:
+        """Refresh the hold of every slave that is wanted now; start the clock of
+        one that left; forget the holds whose time is up."""
+        master = snap.link(eq_name)
+        if master is not None and eq_name not in self._mtu_seen:
+            self._mtu_seen.add(eq_name)
+            # At start, an MTU that no attached slave explains is kept until the
+            # hold is up: the slave that set it may be redialling right now.
+            if not any(l.attached_to(eq_name) and l.mtu <= master.mtu for l in snap.links.values()):
+                self.mtu_holds[(eq_name, eq_name)] = MtuHold(master.mtu, now)
+        for name in eq.slaves:
+            link, key = snap.link(name), (eq_name, name)
+            hold = self.mtu_holds.get(key)
+            if link is not None and self.slaves[name].machine.wants_attached:
+                self.mtu_holds[key] = MtuHold(link.mtu)
+            elif hold is not None and hold.gone_since is None:
+                self.mtu_holds[key] = MtuHold(hold.mtu, now)
+        for key, hold in list(self.mtu_holds.items()):
+            if key[0] == eq_name and hold.gone_since is not None and now >= hold.gone_since + eq.mtu_hold:
+                del self.mtu_holds[key]
+
+    def mtu_target(self, eq_name: str, snap: Snapshot, attached: set[str] | None = None) -> MtuTarget:
+        """What the equalizer's MTU may be (`attached`: the slaves attached once
+        the plan is done; None: as in the kernel); see MtuTarget."""
+        eq = self.config.equalizers[eq_name]
+        sizes: dict[str, int] = {}
+        for link in snap.links.values():
+            if attached is None or self.config.equalizer_of(link.name) != eq_name:
+                if link.attached_to(eq_name) and link.index not in self.orphans:
+                    sizes[link.name] = link.mtu  # also slaves attached by someone else: the kernel counts them
+            elif link.name in attached:
+                sizes[link.name] = link.mtu
+        if not sizes:
+            return MtuTarget(None, "no slave attached")
+        name = min(sizes, key=lambda n: (sizes[n], n))
+        target = MtuTarget(sizes[name], f"the MTU of {name}, its smallest slave")
+        if eq.mtu is not None and eq.mtu < sizes[name]:
+            target = MtuTarget(eq.mtu, f"equalizers.{eq_name}.mtu")
+        for (e, who), hold in sorted(self.mtu_holds.items(), key=lambda kv: kv[1].mtu, reverse=True):
+            if e == eq_name and who not in sizes and hold.mtu < min(sizes[name], eq.mtu or sizes[name]):
+                target.held = hold.mtu
+                target.held_why = (f"kept for {eq.mtu_hold:g}s after start (the MTU found)" if who == eq_name else
+                                   f"kept for {who} (MTU {hold.mtu}) until it has been gone {eq.mtu_hold:g}s")
+        return target
 
     def _prune_orphans(self, snap: Snapshot) -> None:
         """Forget a renamed device once it is detached, deleted, or configured
@@ -210,7 +308,13 @@ class Core:
         return self.slaves[action.slave].refused(action.equalizer, error, snap, now)
 
     def next_deadline(self) -> float | None:
-        return next_deadline(self.slaves.values())
+        """The earliest time something changes without an event: a slave's
+        delay or hold-down, or an MTU hold running out."""
+        deadlines = [next_deadline(self.slaves.values())]
+        for (eq_name, _), hold in self.mtu_holds.items():
+            if hold.gone_since is not None and eq_name in self.config.equalizers:
+                deadlines.append(hold.gone_since + self.config.equalizers[eq_name].mtu_hold)
+        return min((d for d in deadlines if d is not None), default=None)
 
     # -- planning ---------------------------------------------------------------
 
@@ -223,7 +327,8 @@ class Core:
         kept: list[Action] = []
         drift = set()
         for a in out.actions:
-            if a.key not in self.settled or self.settled[a.key] != out.wants.get(a.key):
+            if (a.key not in self.settled or self.settled[a.key] != out.wants.get(a.key)
+                    or a.device in out.deliberate):
                 kept.append(a)
                 continue
             book = self.slaves.get(a.device)
@@ -250,11 +355,13 @@ class Core:
             eq = _Equalizer(eq_name, config, snap, {name: snap.link(name) for name in config.slaves},
                             snap.link(eq_name))
             self._plan_rp_filter(eq, out)
+            self._plan_reopen(eq, out)
             self._plan_qdiscs(eq, out)  # also wanted without a master: see _plan_qdiscs
             if eq.master is None:
                 out.faults.append(self._missing_equalizer(eq_name, snap))
                 continue
             self._plan_link(eq, eq.master, out)
+            self._plan_mtu(eq, eq.master, out)
             self._plan_address(eq, eq.master, out)
             self._plan_connected_route(eq, eq.master, out)
             self._plan_default_route(eq, eq.master, out)
@@ -321,12 +428,71 @@ class Core:
 
     def _plan_link(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
         out.wants[("link", eq.name)] = (master.index, eq.wanted)
-        eq.master_up = master.admin_up
+        eq.master_up = master.admin_up and not eq.reopening
         if eq.attached and not eq.master_up:
             # The kernel refuses to open a teql device with no slaves (EUNATCH),
             # so this must follow the attaches.
             out.actions.append(LinkUp(f"{len(eq.attached)} slave(s) attached", eq.name, master.index))
             eq.master_up = eq.going_up = True
+
+    def _plan_reopen(self, eq: _Equalizer, out: _Pass) -> None:
+        """A running teql device refuses a slave that lacks one of its flags
+        (POINTOPOINT, BROADCAST, MULTICAST): a PPP line beside Ethernet ones.
+        With `mixed = "reopen"` the device is set down for the attach and up
+        again, and so takes the flags its slaves share (NBMA for such a mix)."""
+        master = eq.master
+        if master is None or not master.admin_up or eq.config.mixed != "reopen":
+            return
+        staying = [n for n, l in eq.slaves.items()
+                   if l is not None and l.attached_to(eq.name) and self.slaves[n].machine.wants_attached]
+        if not staying:
+            return  # a first slave gives the device its own flags
+        for name, link in eq.slaves.items():
+            if link is None or link.attached_to(eq.name) or not self.slaves[name].machine.wants_attached:
+                continue
+            missing = master.flags & TEQL_FLAGS & ~link.flags
+            if missing:
+                out.actions.append(LinkDown(
+                    f"{name} is not {flag_names(missing)} like {eq.name} ({', '.join(staying)}): reopening "
+                    f"{eq.name} so that it takes the flags its slaves share", eq.name, master.index))
+                eq.reopening = True
+                out.deliberate.add(eq.name)
+                return
+
+    def _plan_mtu(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
+        """Keep the equalizer's MTU at what its slaves allow (see MtuTarget). A
+        lowering goes just before the first attach the kernel would refuse for
+        its MTU; any other change goes last, after the detaches a raise needs."""
+        target = self.mtu_target(eq.name, eq.snap, eq.attached)
+        out.wants[("mtu", eq.name)] = (master.index, target.limit, target.held)
+        if target.limit is None:
+            return
+        # Follow the kernel through the plan: sch_teql.c, teql_qdisc_init and teql_master_open.
+        count = sum(1 for l in eq.snap.links.values() if l.attached_to(eq.name))
+        mtu, up, i = master.mtu, master.admin_up, 0
+        while i < len(out.actions):
+            a = out.actions[i]
+            if isinstance(a, LinkDown) and a.name == eq.name:
+                up = False
+            elif isinstance(a, LinkUp) and a.name == eq.name:
+                up, mtu = True, min(l.mtu for n in eq.attached if (l := eq.slaves[n]) is not None)
+            elif isinstance(a, Detach) and a.equalizer == eq.name:
+                count -= 1
+            elif isinstance(a, Attach) and a.equalizer == eq.name and (link := eq.slaves.get(a.slave)) is not None:
+                if count == 0:
+                    mtu = link.mtu  # the first slave gives its own
+                elif not up:
+                    mtu = min(mtu, link.mtu)
+                elif link.mtu < mtu:
+                    out.actions.insert(i, SetMtu(f"{a.slave} joins with MTU {link.mtu}: {target.limit}, {target.why}",
+                                                 eq.name, master.index, target.limit))
+                    mtu, i = target.limit, i + 1
+                count += 1
+            i += 1
+        want, why = target.want(mtu)
+        if want is not None and want != mtu:
+            verb = "lowered" if want < mtu else "raised"
+            out.actions.append(SetMtu(f"{verb} to {want}: {why}", eq.name, master.index, want))
 
     def _plan_address(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
         address = eq.config.address
@@ -366,6 +532,8 @@ class Core:
         out.wants[("route", eq.name)] = (master.index, eq.wanted, cfg.route_metric, cfg.route_table)
         defaults = eq.snap.default_routes(cfg.route_table)
         ours = eq.snap.our_default_routes(master.index, cfg.route_metric, cfg.route_table)
+        if eq.reopening:  # setting the device down flushes the routes through it
+            defaults, ours = [r for r in defaults if r.oif != master.index], []
         want = bool(eq.attached) and eq.master_up
         if want and not ours:
             if any(r.priority == cfg.route_metric for r in defaults):

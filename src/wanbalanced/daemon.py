@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import __version__, status
-from .actions import Action, Attach, Detach
+from .actions import Action, Attach, Detach, LinkDown, SetMtu
 from .config import Config, ConfigError, load_config
 from .core import Core
 from .logs import fields, set_level
@@ -113,6 +113,8 @@ class Counters:
     detaches: dict[str, int] = field(default_factory=dict)
     resyncs: int = 0
     drift: dict[str, int] = field(default_factory=dict)  # repairs by kind
+    mtu_changes: dict[str, int] = field(default_factory=dict)  # by equalizer
+    reopens: dict[str, int] = field(default_factory=dict)  # by equalizer
     reload_successful: bool = True
     reload_success_time: float = field(default_factory=time.time)
 
@@ -326,7 +328,8 @@ class Daemon:
             reload_successful=self.counters.reload_successful,
             reload_success_time=self.counters.reload_success_time, resyncs=self.counters.resyncs,
             probes={key: (c.sent, c.lost) for key, c in self.probes.counts.items()},
-            drift=dict(self.counters.drift),
+            drift=dict(self.counters.drift), mtu_changes=dict(self.counters.mtu_changes),
+            reopens=dict(self.counters.reopens),
             mono_now=self.clock(), wall_now=time.time(),
         )
         return self.status.summary()
@@ -432,6 +435,9 @@ class Daemon:
             counter[action.slave] = counter.get(action.slave, 0) + 1
             if took is not None:
                 self.metrics.failover.observe(("attach" if isinstance(action, Attach) else "detach",), took)
+        elif isinstance(action, (SetMtu, LinkDown)):
+            counter = self.counters.mtu_changes if isinstance(action, SetMtu) else self.counters.reopens
+            counter[action.name] = counter.get(action.name, 0) + 1
         self.report.write(action, took * 1000 if took is not None else None)
         return True
 

@@ -421,6 +421,12 @@ class Kernel:
     async def set_link_up(self, index: int) -> None:
         await self._req.link("set", index=index, state="up")
 
+    async def set_link_down(self, index: int) -> None:
+        await self._req.link("set", index=index, state="down")
+
+    async def set_mtu(self, index: int, mtu: int) -> None:
+        await self._req.link("set", index=index, mtu=mtu)
+
     async def add_address(self, index: int, address: IPv4Interface, flags: int) -> None:
         await self._req.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
                              flags=flags)

@@ -20,6 +20,22 @@ IFF_NOARP = 0x80
 IFF_MULTICAST = 0x1000
 IFF_LOWER_UP = 0x10000
 
+# The link flags sch_teql requires a slave to share with a running master
+# (teql_qdisc_init); the master takes those all its slaves share when it is
+# opened (teql_master_open).
+TEQL_FLAGS = IFF_BROADCAST | IFF_POINTOPOINT | IFF_MULTICAST
+# The flags the master takes from its slaves (FMASK in sch_teql.c): MULTICAST
+# is not among them, so a teql device never has it unless set by hand.
+TEQL_DERIVED_FLAGS = IFF_BROADCAST | IFF_POINTOPOINT
+
+
+def flag_names(flags: int) -> str:
+    """The TEQL_FLAGS among `flags`, as `ip link` names them."""
+    names = [n for f, n in ((IFF_POINTOPOINT, "POINTOPOINT"), (IFF_BROADCAST, "BROADCAST"),
+                            (IFF_MULTICAST, "MULTICAST")) if flags & f]
+    return ",".join(names) or "none"
+
+
 # Address flag: the kernel adds no prefix (connected) route for the address.
 IFA_F_NOPREFIXROUTE = 0x200
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .health import Damping, Verdict
-from .observed import IFF_BROADCAST, IFF_MULTICAST, IFF_POINTOPOINT, Link, Snapshot
+from .observed import IFF_BROADCAST, IFF_MULTICAST, IFF_POINTOPOINT, TEQL_FLAGS, Link, Snapshot
 
 if TYPE_CHECKING:  # only types: `status` (which names the states) needs no models
     from .config import ProbeConfig, SlaveConfig
@@ -143,8 +143,7 @@ class SlaveMachine:
         return Transition(self.name, old, new, event, reason)
 
 
-# The link flags sch_teql requires a slave to share with its master.
-_FLAGS = IFF_BROADCAST | IFF_POINTOPOINT | IFF_MULTICAST
+_FLAGS = TEQL_FLAGS
 
 
 class SlaveBook:
@@ -157,6 +156,8 @@ class SlaveBook:
         self.verdict: Verdict | None = None
         # The ifindex last observed: a new one under the same name is a new device.
         self.index: int | None = None
+        # The equalizer's floor (equalizers.<name>.min_mtu), set by the core.
+        self.min_mtu: int | None = None
         self.configure(settings)
 
     def configure(self, settings: SlaveConfig) -> None:
@@ -248,6 +249,14 @@ class SlaveBook:
             return Event.CARRIER_BACK, "carrier returned"
         if not carrier and st in (State.UP_DELAY, State.PROBING, State.UP, State.FAILED, State.REFUSED):
             return Event.CARRIER_LOST, _why_down(link, "carrier lost")
+        if self.min_mtu is not None and link.mtu < self.min_mtu:
+            if st is State.UP:
+                return Event.REFUSED, (
+                    f"{m.name}: its MTU {link.mtu} is below equalizers.{eq_name}.min_mtu ({self.min_mtu}): "
+                    f"not attached, so that {eq_name}'s MTU stays at least {self.min_mtu}; it joins once its "
+                    f"MTU is {self.min_mtu} or more (or lower min_mtu)")
+            if st is State.REFUSED:
+                return None  # until its MTU reaches the floor
         expired = m.deadline is not None and now >= m.deadline
         if st is State.UP_DELAY and expired:
             why = f"carrier up for {self.up_delay:g}s" if self.up_delay else m.reason
@@ -343,16 +352,17 @@ def diagnose_refusal(eq_name: str, link: Link | None, master: Link | None, error
         return f"{slave}: the kernel does not know the qdisc {eq_name}: load sch_teql (modprobe sch_teql)"
     if error == errnos.EINVAL and link is not None and master is not None:
         if link.mtu < master.mtu:
+            # wanbalanced lowers the master's MTU first: this is a race with a change of either.
             return (
                 f"{slave}: {eq_name} refused the slave (EINVAL): its MTU {link.mtu} is below {eq_name}'s "
-                f"{master.mtu}; fix: ip link set {slave} mtu {master.mtu} (or lower every slave's MTU)"
+                f"{master.mtu}; retried when either changes"
             )
         for flag, label in ((IFF_POINTOPOINT, "POINTOPOINT"), (IFF_BROADCAST, "BROADCAST"), (IFF_MULTICAST, "MULTICAST")):
             if master.flags & flag and not link.flags & flag:
                 return (
                     f"{slave}: {eq_name} refused the slave (EINVAL): {eq_name} is {label} and {slave} is not; "
-                    f"teql bundles only like links while it is up: fix the link type, or detach every slave "
-                    f"and set {eq_name} down so it takes the new mix of flags"
+                    f"a running teql device takes only like links: set equalizers.{eq_name}.mixed = \"reopen\" "
+                    f"to let wanbalanced set {eq_name} down and up around the attach (a short gap in traffic)"
                 )
         return (
             f"{slave}: {eq_name} refused the slave (EINVAL): its link-layer header is longer than "

@@ -58,6 +58,10 @@ class EqualizerStatus:
     attached: int
     configured: int
     default_route: bool
+    mtu: int  # as in the kernel; 0 when the device does not exist
+    mtu_reason: str  # why the daemon wants it so
+    mtu_changes: int
+    reopens: int
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ def build(
     detaches: dict[str, int], faults: tuple[Fault, ...], reload_successful: bool,
     reload_success_time: float, resyncs: int, mono_now: float, wall_now: float,
     probes: dict[tuple[str, str], tuple[int, int]] | None = None, drift: dict[str, int] | None = None,
+    mtu_changes: dict[str, int] | None = None, reopens: dict[str, int] | None = None,
 ) -> Status:
     """Assemble the status from the core's machines and the snapshot."""
     slaves = []
@@ -112,9 +117,13 @@ def build(
                 held_down_until=wall_now + (reuse - mono_now) if reuse is not None else 0.0,
             ))
         route = master is not None and bool(snap.our_default_routes(master.index, eq.route_metric, eq.route_table))
+        want, why = core.mtu_target(eq_name, snap).want(master.mtu if master is not None else 0)
         equalizers.append(EqualizerStatus(
             equalizer=eq_name, exists=master is not None, up=master is not None and master.admin_up,
             attached=attached, configured=len(eq.slaves), default_route=route,
+            mtu=master.mtu if master is not None else 0,
+            mtu_reason=f"{want}: {why}" if want is not None else why,
+            mtu_changes=(mtu_changes or {}).get(eq_name, 0), reopens=(reopens or {}).get(eq_name, 0),
         ))
     probe_rows = tuple(ProbeStatus(slave, target, sent, lost)
                        for (slave, target), (sent, lost) in sorted((probes or {}).items()))

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from lab.daemon import Wanbalanced
+from lab.tunline import TunLine
 from lab.topo import FAR_ADDR, LOCAL_ADDR, Lab, ip, ip_json, reset_teql, run, set_rp_filter, unload_teql
 
 
@@ -147,24 +148,37 @@ def test_sigint_exits_zero_and_keeps_data_plane(lab: Lab, wb: Wanbalanced) -> No
     assert lab.attached("wan0") and lab.attached("wan1") and lab.default_route() is not None
 
 
-def test_mtu_refusal_is_logged_and_others_go_on(lab: Lab, wb: Wanbalanced) -> None:
-    lab.far_down(1)
+@pytest.mark.lab_setup(n_slaves=3)
+def test_a_kernel_refusal_is_logged_once_and_others_go_on(lab: Lab, wb: Wanbalanced) -> None:
+    # A smaller MTU is no longer refused (teql0 is lowered first: test_mtu.py);
+    # a point-to-point line beside Ethernet ones is, with mixed = "refuse".
+    lab.delete_slave(2)
+    line = TunLine(2)
+    wb.write_config("""
+[equalizers.teql0]
+slaves = ["wan0", "wan1", "wan2"]
+address = "10.0.0.0/31"
+mixed = "refuse"
+""")
     wb.start()
-    assert lab.attached("wan0") and not lab.attached("wan1") and teql_up()
-    lab.set_mtu(1, 1400)
-    lab.far_up(1)
-    line = wb.wait_log(r"ERROR wan1: teql0 refused the slave \(EINVAL\): its MTU 1400 is below teql0's 1500; "
-                       r"fix: ip link set wan1 mtu 1500.*")
-    assert "SLAVE=wan1" in line.group(0)
-    assert lab.attached("wan0") and not lab.attached("wan1")
-    assert lab.ping(5, interval=0.05) == 5
-    # One line, not one per event: more events change nothing.
-    lab.far_down(0)
-    lab.wait_until(lambda: not lab.attached("wan0"), 3)
-    assert len([l for l in wb.log().splitlines() if "refused the slave" in l and l.startswith("ERROR")]) == 1
-    lab.far_up(0)
-    lab.set_mtu(1, 1500)
-    lab.wait_until(lambda: lab.attached("wan1") and lab.attached("wan0"), 3, what="wan1 retried after the MTU fix")
+    try:
+        line.dial()
+        found = wb.wait_log(r"ERROR wan2: teql0 refused the slave \(EINVAL\): teql0 is BROADCAST and wan2 is not.*")
+        assert "SLAVE=wan2" in found.group(0)
+        assert lab.attached("wan0") and lab.attached("wan1") and not lab.attached("wan2")
+        assert lab.ping(5, interval=0.05) == 5
+        # More events that change nothing the refusal depends on: no new line.
+        for qlen in ("500", "1000"):
+            ip("link", "set", "wan2", "txqueuelen", qlen)
+        time.sleep(0.5)
+        assert len([l for l in wb.log().splitlines() if "refused the slave" in l and l.startswith("ERROR")]) == 1
+        # Once the Ethernet lines are gone, wan2 is the first slave and the kernel takes it.
+        lab.far_down(0)
+        lab.far_down(1)
+        lab.wait_until(lambda: lab.attached("wan2"), 5, what="wan2 retried once it is alone")
+        assert lab.ping(5, interval=0.05) == 5
+    finally:
+        line.hang_up()
 
 
 def test_too_few_equalizers_is_reported_and_the_rest_works(lab: Lab, wb: Wanbalanced) -> None:

@@ -135,4 +135,38 @@ def test_drift_kinds_come_from_the_actions() -> None:
     from wanbalanced.metrics import DRIFT_KINDS as EXPORTED
 
     # The metrics' kind labels, in a stable order; a new action's kind joins them.
-    assert DRIFT_KINDS == ("qdisc", "link", "address", "connected_route", "route", "rp_filter") == EXPORTED
+    assert DRIFT_KINDS == ("qdisc", "link", "mtu", "address", "connected_route", "route",
+                                                                   "rp_filter") == EXPORTED
+
+
+def test_mtu_and_reopen_actions_write_render_and_expect() -> None:
+    from wanbalanced.actions import LinkDown, SetMtu
+
+    ops = RecordingOps()
+    for action in (SetMtu("r", "teql0", 2, 1400), LinkDown("r", "teql0", 2)):
+        asyncio.run(action.execute(ops))  # type: ignore[arg-type]
+    assert ops.calls == [("set_mtu", (2, 1400)), ("set_link_down", (2,))]
+    assert SetMtu("r", "teql0", 2, 1400).command() == "ip link set teql0 mtu 1400"
+    assert LinkDown("r", "teql0", 2).command() == "ip link set teql0 down"
+    snap = Snapshot()
+    apply_event(snap, link_msg("RTM_NEWLINK", 2, "teql0"))
+    ReplaceDefaultRoute("r", "teql0", 2, 0, 254).expect(snap)
+    SetMtu("r", "teql0", 2, 1400).expect(snap)
+    assert snap.links[2].mtu == 1400
+    LinkDown("r", "teql0", 2).expect(snap)
+    # Down flushes the routes through it, as the kernel does (without telling).
+    assert not snap.links[2].admin_up and not snap.routes
+    assert SetMtu("r", "teql0", 2, 1500).drifted(snap) == "the MTU of teql0 was changed to 1400"
+
+
+def test_opening_a_teql_device_takes_the_smallest_mtu_and_the_shared_flags() -> None:
+    from kernelstate import master, slave, snapshot
+
+    from wanbalanced.observed import IFF_BROADCAST, IFF_MULTICAST, IFF_NOARP, IFF_POINTOPOINT
+
+    snap = snapshot(master(mtu=1500, flags=IFF_BROADCAST), slave(10, "wan0", teql="teql0"),
+                    slave(11, "wan1", teql="teql0", mtu=1492, flags=IFF_POINTOPOINT | IFF_NOARP | IFF_MULTICAST))
+    LinkUp("r", "teql0", 2).expect(snap)
+    teql = snap.links[2]
+    assert teql.admin_up and teql.mtu == 1492 and teql.flags & (IFF_BROADCAST | IFF_POINTOPOINT) == 0
+    assert not teql.flags & IFF_MULTICAST  # FMASK: never taken from the slaves

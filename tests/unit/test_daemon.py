@@ -506,3 +506,23 @@ async def test_watchdog_pings_only_while_the_loop_and_the_reader_live() -> None:
     await until(lambda: d._queue.qsize() >= 5)
     assert notifier.pings == stuck_at
     task.cancel()
+
+
+@run_async
+async def test_the_mtu_hold_running_out_wakes_the_loop_to_raise_teql0() -> None:
+    # No event comes when a hold runs out: the loop's timeout must.
+    truth = snapshot(master(up=True, mtu=1400), slave(10, "wan0", teql="teql0"),
+                     slave(11, "wan1", teql="teql0", mtu=1400), address=True, default_route=True)
+    kernel = FakeKernel(truth)
+    d = Daemon(config(DAEMON_CONFIG + 'mtu_hold = "300ms"\n'), kernel)
+    task = asyncio.create_task(d.run())
+    await until(lambda: kernel.dumps >= 1 and d.status is not None)
+    assert kernel.executed == []  # adopted as found: teql0 fits
+    kernel.truth.drop_link(11)
+    kernel.events_in.put_nowait(link_msg("RTM_DELLINK", 11, "wan1", mtu=1400))
+    loop = asyncio.get_running_loop()
+    deleted = loop.time()
+    await until(lambda: kernel.executed == ["ip link set teql0 mtu 1500"])
+    assert loop.time() - deleted >= 0.3  # held until then
+    assert d.counters.mtu_changes == {"teql0": 1}
+    assert await stop(task) == 0
