@@ -43,11 +43,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "lab_setup(n_slaves=2, up=True, attach=False, ipv6=False, kinds='veth'): "
         "arguments for Lab.setup() in the `lab` fixture (kinds: veth, ppp, pppoe)",
     )
-    config.addinivalue_line(
-        "markers",
-        "needs_mtu: needs the daemon's 'MTU that follows the lines' (issue 13); "
-        "fails until it is merged, then the marker goes",
-    )
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -6,8 +6,7 @@ same.  Each test dials real lines to router B, then hangs them up, redials,
 or makes the far end stop answering while the link stays up, and asserts
 what the kernel holds, that traffic flows and what the daemon says.
 
-Timings are printed (run with -s).  Tests marked ``needs_mtu`` need the
-"MTU that follows the lines" feature (issue 13): they fail without it.
+Timings are printed (run with -s).
 """
 
 from __future__ import annotations
@@ -243,7 +242,6 @@ def test_pppoe_attach_hang_up_redial(lab: Lab, wb: Wanbalanced) -> None:
           f"redial to attached: {back * 1000:.0f} ms")
 
 
-@pytest.mark.needs_mtu
 @PPP
 def test_ppp_redial_with_a_smaller_mtu_is_attached_again(lab: Lab, wb: Wanbalanced) -> None:
     wb.start()
@@ -263,7 +261,6 @@ def test_ppp_redial_with_a_smaller_mtu_is_attached_again(lab: Lab, wb: Wanbalanc
     traffic_over_both(lab)
 
 
-@pytest.mark.needs_mtu
 @pytest.mark.lab_setup(kinds=["ppp", "pppoe"])
 def test_pppoe_line_joining_a_ppp_bundle_lowers_the_mtu(lab: Lab, wb: Wanbalanced) -> None:
     lab.hang_up(1, redial=False)  # the PPPoE line is down when the daemon starts
@@ -277,3 +274,31 @@ def test_pppoe_line_joining_a_ppp_bundle_lowers_the_mtu(lab: Lab, wb: Wanbalance
     assert teql()["mtu"] == 1492
     wb.wait_log(r"ip link set teql0 mtu 1492")
     traffic_over_both(lab)
+
+
+@pytest.mark.lab_setup(kinds=["veth", "ppp"])
+def test_a_real_ppp_line_joins_an_ethernet_bundle_by_reopening_teql0(lab: Lab, wb: Wanbalanced) -> None:
+    # The daemon starts with the veth line only: teql0 is opened BROADCAST,
+    # and the kernel then refuses a POINTOPOINT slave. mixed = "reopen" (the
+    # default) opens teql0 again around it.
+    lab.hang_up(1, redial=False)
+    lab.wait_until(lambda: not lab.attached("wan1") and not lab.line_up(1), 5)
+    wb.start()
+    assert lab.attached("wan0") and "BROADCAST" in teql()["flags"]  # type: ignore[operator]
+    lab.redial(1)
+    lab.wait_line_up(1)
+    lab.wait_until(lambda: lab.attached("wan1"), 5, what="the PPP line attached beside the veth line")
+    assert "POINTOPOINT" in lab.link("wan1")["flags"]  # type: ignore[index]
+    assert not set(teql()["flags"]) & {"BROADCAST", "POINTOPOINT"}  # type: ignore[call-overload]
+    wb.wait_log(r"ip link set teql0 down")
+    assert lab.default_route() is not None, "the default route is back after the reopen"
+    tx = [lab.tx_packets(s) for s in lab.slaves]
+    assert lab.ping(30, interval=0.02) == 30
+    sent = [lab.tx_packets(s) - before for s, before in zip(lab.slaves, tx)]
+    assert min(sent) >= 10, f"each line carries traffic: {sent}"
+    # A hang-up and redial of the PPP line needs no second reopen.
+    lab.hang_up(1)
+    lab.wait_line_up(1)
+    lab.wait_until(lambda: lab.attached("wan1"), 5, what="the PPP line attached again")
+    assert wb.log().count("ip link set teql0 down") == 1
+    assert "refused" not in wb.log()
