@@ -38,7 +38,7 @@ def kernel_state(lab: Lab) -> None:
     route = default_route()
     teql = ip_json("link", "show", "dev", "teql0")
     up = "UP" if teql and "UP" in teql[0]["flags"] else "down"
-    parts.append(f"teql0 {up}")
+    parts.append(f"teql0 {up} mtu {teql[0]['mtu']}" if teql else "teql0 absent")
     parts.append("default dev teql0" if route else "no default route via teql0")
     print(f"   {DIM}kernel:{RESET} " + " | ".join(parts), flush=True)
 
@@ -119,6 +119,16 @@ def main() -> int:
         say("wan1 hangs up and pppd redials by itself after its holdoff (1s); up_delay is 2s")
         lab.hang_up(1)
         lab.wait_until(lambda: not lab.attached("wan1"), 5)
+        lab.wait_until(lambda: lab.attached("wan1"), 15)
+        settle()
+        kernel_state(lab)
+        traffic(lab)
+
+        say("wan1 redials to a far end that takes smaller packets (mru 1400): teql0's MTU follows it "
+            "(and rises again once the small line has been gone for mtu_hold, 60 s)")
+        lab.hang_up(1, redial=False)
+        lab.wait_until(lambda: not lab.attached("wan1"), 5)
+        lab.redial(1, mru=1400)
         lab.wait_until(lambda: lab.attached("wan1"), 15)
         settle()
         kernel_state(lab)
