@@ -13,7 +13,8 @@ import re
 import stat
 import tomllib
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_interface
+from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_interface,
+                       ip_network)
 from typing import Annotated, Any, Iterable, Literal, get_args
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
@@ -21,8 +22,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from .observed import TEQL_LIKE, teql_number
 
-__all__ = ["Config", "ConfigError", "DaemonConfig", "DampingConfig", "Duration", "EqualizerConfig",
-           "ProbeConfig", "Problem", "SlaveConfig", "load_config", "parse_config"]
+__all__ = ["AllDown", "Config", "ConfigError", "DaemonConfig", "DampingConfig", "Duration", "EqualizerConfig",
+           "LineRouteConfig", "ProbeConfig", "Problem", "SlaveConfig", "load_config", "parse_config"]
 
 Loc = tuple[str | int, ...]
 _MAX_DURATION = 86400.0  # a day: anything longer is surely a typo, not a debounce
@@ -197,18 +198,25 @@ def _check_target(addr: IPv4Address) -> IPv4Address:
     """A probe target must be a unicast address an echo can reach through the
     slave. Link-local and private addresses (a modem's, a PPP peer's, the
     TEST-NETs of the lab) are fine: the echo is bound to the slave's device."""
-    why = None
-    if addr in _THIS_NETWORK:
-        why = "is unspecified (0.0.0.0/8 means this host, this network)"
-    elif addr.is_loopback:
-        why = "is a loopback address: the echo would never leave this host"
-    elif addr.is_multicast:
-        why = "is a multicast address"
-    elif addr == _LIMITED_BROADCAST:
-        why = "is the limited broadcast address"
+    why = _not_unicast(addr, unspecified=" (0.0.0.0/8 means this host, this network)",
+                       loopback=": the echo would never leave this host")
     if why is not None:
         raise ValueError(f"{addr} {why}; a probe target must be a unicast address reachable through the slave")
     return addr
+
+
+def _not_unicast(addr: IPv4Address | IPv6Address, unspecified: str = "", loopback: str = "") -> str | None:
+    """Why `addr` is no unicast address another host could have, or None;
+    the arguments add to the words for those two cases."""
+    if addr.is_unspecified or addr in _THIS_NETWORK:
+        return "is unspecified" + unspecified
+    if addr.is_loopback:
+        return "is a loopback address" + loopback
+    if addr.is_multicast:
+        return "is a multicast address"
+    if addr == _LIMITED_BROADCAST:
+        return "is the limited broadcast address"
+    return None
 
 
 ProbeTarget = Annotated[IPv4, AfterValidator(_check_target)]
@@ -272,6 +280,89 @@ class DampingConfig(BaseModel):
         return self
 
 
+IPNetwork = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
+#: The kernel's metric for an IPv6 route added with none (IP6_RT_PRIO_USER).
+IPV6_DEFAULT_METRIC = 1024
+
+
+def _parse_destination(v: object) -> object:
+    if isinstance(v, (IPv4Network, IPv6Network)):
+        return v
+    if not isinstance(v, str):
+        raise ValueError(f'expected a prefix such as "198.51.100.0/24" or "default", got {_toml_type(v)}')
+    if v == "default":
+        return IPv4Network("0.0.0.0/0")
+    try:
+        return ip_network(v)
+    except ValueError as e:
+        if "host bits set" in str(e):
+            net = ip_network(v, strict=False)
+            raise ValueError(f"{_q(v)} has host bits set; the prefix is {_q(str(net))}") from None
+        raise ValueError(f'{_q(v)} is not a prefix such as "198.51.100.0/24", "2001:db8::/32" or "default"'
+                         ) from None
+
+
+def _parse_gateway(v: object) -> object:
+    if isinstance(v, (IPv4Address, IPv6Address)):
+        return v
+    if not isinstance(v, str):
+        raise ValueError(f'expected a gateway address such as "192.0.2.1", got {_toml_type(v)}')
+    try:
+        addr = ip_address(v)
+    except ValueError:
+        raise ValueError(f"{_q(v)} is not an IP address") from None
+    why = _not_unicast(addr)
+    if why is not None:
+        raise ValueError(f"{addr} {why}; a gateway must be a unicast address on the line")
+    return addr
+
+
+class LineRouteConfig(BaseModel):
+    """A route through one slave ([[slaves.<name>.routes]]), in the kernel
+    while the slave is attached to its equalizer and withdrawn with its detach."""
+
+    model_config = _STRICT
+    to: Annotated[IPNetwork, BeforeValidator(_parse_destination)]
+    via: Annotated[IPAddress | None, BeforeValidator(_parse_gateway)] = None
+    table: Annotated[int, Field(ge=1, le=4294967295), AfterValidator(_not_local_table)] = 254  # 254: main
+    metric: Annotated[int, Field(ge=0, le=4294967295)] = 0
+
+    @model_validator(mode="after")
+    def _same_family(self) -> LineRouteConfig:
+        if self.via is not None and self.via.version != self.to.version:
+            raise ValueError(f"via {self.via} is IPv{self.via.version} but to {self.to} is IPv{self.to.version}")
+        return self
+
+    @property
+    def kernel_metric(self) -> int:
+        """The metric as the kernel stores it: an IPv6 route's 0 becomes 1024."""
+        return IPV6_DEFAULT_METRIC if self.metric == 0 and self.to.version == 6 else self.metric
+
+    @property
+    def fib_key(self) -> tuple[int, str, int]:
+        """What makes two routes the same to the kernel (one of each per table)."""
+        return (self.table, str(self.to), self.kernel_metric)
+
+
+def _unique_routes(routes: tuple[LineRouteConfig, ...], info: ValidationInfo) -> tuple[LineRouteConfig, ...]:
+    # parse_config's cross-check (_route_clashes) reports these with paths, even beside other errors.
+    if (info.context or {}).get("cross_checked"):
+        return routes
+    seen: dict[tuple[int, str, int], int] = {}
+    for i, r in enumerate(routes):
+        j = seen.setdefault(r.fib_key, i)
+        if j != i:
+            raise ValueError(f"routes[{i}] (to {r.to}, table {r.table}, metric {r.metric}) duplicates routes[{j}]: "
+                             "the kernel holds one route per destination, table and metric")
+    return routes
+
+
+def _as_tuple(v: object) -> object:
+    # TOML arrays arrive as lists, which strict mode refuses for a tuple.
+    return tuple(v) if isinstance(v, list) else v
+
+
 class SlaveConfig(BaseModel):
     """Per-slave settings ([slaves.<name>]); both delays debounce carrier flaps."""
 
@@ -280,6 +371,11 @@ class SlaveConfig(BaseModel):
     damping: DampingConfig = DampingConfig()
     up_delay: Duration = 0.0  # carrier must stay up this long before re-slaving
     down_delay: Duration = 0.0  # carrier must stay down this long before detaching
+    routes: Annotated[tuple[LineRouteConfig, ...], BeforeValidator(_as_tuple), Field(max_length=256),
+                      AfterValidator(_unique_routes)] = ()
+
+
+AllDown = Literal["withdraw", "unreachable", "blackhole"]
 
 
 class EqualizerConfig(BaseModel):
@@ -296,6 +392,9 @@ class EqualizerConfig(BaseModel):
     route_metric: Annotated[int, Field(ge=0, le=4294967295)] = 0
     route_table: Annotated[int, Field(ge=1, le=4294967295), AfterValidator(_not_local_table)] = 254  # 254: main
     rp_filter: Annotated[int | None, BeforeValidator(_parse_rp_filter)] = 0  # None: unmanaged
+    # The default route when no slave is attached: none (a backup route takes
+    # over), or an unreachable or blackhole route in its place.
+    all_down: AllDown = "withdraw"
 
 
 class DaemonConfig(BaseModel):
@@ -375,6 +474,51 @@ def _cross_check(raw: dict[str, Any]) -> list[tuple[Loc, str]]:
     for name in (slave_tables if isinstance(slave_tables, dict) else ()):
         if name not in owner:
             found.append((("slaves", name), f"{_q(name)} is not a slave of any equalizer"))
+    found += _route_clashes(equalizers if isinstance(equalizers, dict) else {},
+                            slave_tables if isinstance(slave_tables, dict) else {}, owner)
+    return found
+
+
+def _raw_fib_key(route: object, v6_default: int = 0) -> tuple[int, str, int] | None:
+    """A raw [[slaves.X.routes]] item's (table, destination, metric), or None
+    if it is malformed (pydantic reports that)."""
+    if not isinstance(route, dict):
+        return None
+    table, metric = route.get("table", 254), route.get("metric", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (table, metric)):
+        return None
+    try:
+        dst = _parse_destination(route.get("to"))
+    except ValueError:
+        return None
+    assert isinstance(dst, (IPv4Network, IPv6Network))
+    if dst.version == 6 and metric == 0:
+        metric = IPV6_DEFAULT_METRIC
+    return (table, str(dst), metric)
+
+
+def _route_clashes(equalizers: dict[str, Any], slaves: dict[str, Any], owner: dict[str, str]) -> list[tuple[Loc, str]]:
+    """Per-line routes that the kernel would hold as one: the same destination,
+    table and metric on two slaves, or as an equalizer's default route."""
+    found: list[tuple[Loc, str]] = []
+    taken: dict[tuple[int, str, int], str] = {}
+    for eq, table in equalizers.items():
+        if isinstance(table, dict) and table.get("default_route", True) is True:
+            key = _raw_fib_key({"to": "default", "table": table.get("route_table", 254),
+                                "metric": table.get("route_metric", 0)})
+            if key is not None:
+                taken[key] = f"the default route of {_key(eq)}"
+    for name, slave in slaves.items():
+        routes = slave.get("routes") if isinstance(slave, dict) else None
+        for i, route in enumerate(routes if isinstance(routes, list) else ()):
+            key = _raw_fib_key(route)
+            if key is None:
+                continue
+            other = taken.setdefault(key, f"slaves.{_key(name)}.routes[{i}]")
+            if other != f"slaves.{_key(name)}.routes[{i}]":
+                found.append((("slaves", name, "routes", i),
+                              f"same destination, table and metric as {other}: the kernel holds one route "
+                              "per destination, table and metric; give one of them another metric"))
     return found
 
 

@@ -25,13 +25,18 @@ from .actions import (
     ReplaceDefaultRoute,
     SetRpFilter,
 )
+from .lineroutes import plan_line_routes, plan_stray_routes
 from .config import Config, EqualizerConfig, ProbeConfig
 from .observed import (
     IFA_F_NOPREFIXROUTE,
     RT_SCOPE_LINK,
     RT_TABLE_MAIN,
+    RTN_BLACKHOLE,
+    RTN_UNICAST,
+    RTN_UNREACHABLE,
     RTPROT_KERNEL,
     Link,
+    Route,
     Snapshot,
     teql_number,
 )
@@ -84,6 +89,9 @@ class _Pass:
     actions: list[Action] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     wants: dict[tuple[str, str], object] = field(default_factory=dict)
+    # Routes with wanbalanced's protocol that some planner wants kept; the
+    # others are withdrawn (plan_stray_routes).
+    kept_routes: set[Route] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -258,6 +266,8 @@ class Core:
             self._plan_address(eq, eq.master, out)
             self._plan_connected_route(eq, eq.master, out)
             self._plan_default_route(eq, eq.master, out)
+            plan_line_routes(self.config, eq.name, eq.attached, snap, out.actions, out.wants, out.kept_routes)
+        plan_stray_routes(snap, out.kept_routes, out.actions)
         return out
 
     # -- one planner per managed property ------------------------------------------
@@ -360,30 +370,48 @@ class Core:
             ))
 
     def _plan_default_route(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
+        """The default route through the equalizer while a slave is attached;
+        with none, no route (`all_down = "withdraw"`: a backup route takes
+        over) or an unreachable or blackhole one of the same metric and table,
+        which a single replace swaps with the equalizer's."""
         cfg = eq.config
         if not cfg.default_route:
             return
-        out.wants[("route", eq.name)] = (master.index, eq.wanted, cfg.route_metric, cfg.route_table)
-        defaults = eq.snap.default_routes(cfg.route_table)
+        out.wants[("route", eq.name)] = (master.index, eq.wanted, cfg.route_metric, cfg.route_table, cfg.all_down)
+        defaults = [r for r in eq.snap.default_routes(cfg.route_table) if r.priority == cfg.route_metric]
         ours = eq.snap.our_default_routes(master.index, cfg.route_metric, cfg.route_table)
+        stand_in = _ALL_DOWN_TYPES[cfg.all_down]
+        standing = [r for r in defaults if r.ours and r.type != RTN_UNICAST]
         want = bool(eq.attached) and eq.master_up
-        if want and not ours:
-            if any(r.priority == cfg.route_metric for r in defaults):
-                out.faults.append(Fault(
-                    "route_clash", eq.name,
-                    f"{eq.name}: another default route has metric {cfg.route_metric} in table "
-                    f"{cfg.route_table}; wanbalanced will not replace it: give it a higher metric "
-                    f"or set equalizers.{eq.name}.route_metric",
+        kind = RTN_UNICAST if want else stand_in
+        # Whatever stands at the route's place goes with the replace below.
+        out.kept_routes.update(ours + standing if kind is not None else [])
+        if kind is None:
+            if ours:
+                out.actions.append(DeleteDefaultRoute(
+                    "no slave attached", eq.name, master.index, cfg.route_metric, cfg.route_table,
                 ))
-            else:
-                out.actions.append(ReplaceDefaultRoute(
-                    f"{len(eq.attached)} slave(s) attached", eq.name, master.index, cfg.route_metric,
-                    cfg.route_table,
-                ))
-        elif not want and ours:
-            out.actions.append(DeleteDefaultRoute(
-                "no slave attached", eq.name, master.index, cfg.route_metric, cfg.route_table,
+            return  # a stand-in left by other settings is a stray: withdrawn
+        have = ours if kind == RTN_UNICAST else [r for r in standing if r.type == kind]
+        if have and all(r.ours for r in have):
+            return
+        # Another equalizer's route at the same place is someone else's too.
+        theirs = [r for r in defaults if r not in ours and r not in standing]
+        if theirs:
+            out.faults.append(Fault(
+                "route_clash", eq.name,
+                f"{eq.name}: another default route has metric {cfg.route_metric} in table "
+                f"{cfg.route_table}; wanbalanced will not replace it: give it a higher metric "
+                f"or set equalizers.{eq.name}.route_metric",
             ))
+            return
+        why = f"{len(eq.attached)} slave(s) attached" if want else f"no slave attached (all_down = {cfg.all_down})"
+        if have:
+            # Made by hand or by a version before the protocol number: one
+            # replace makes it ours, then restarts write nothing.
+            why = f"adopting the route (proto {have[0].proto}) as wanbalanced's"
+        out.actions.append(ReplaceDefaultRoute(why, eq.name, master.index, cfg.route_metric, cfg.route_table,
+                                               kind))
 
     def _missing_equalizer(self, eq_name: str, snap: Snapshot) -> Fault:
         need = max(teql_number(n) or 0 for n in self.config.equalizers) + 1
@@ -400,6 +428,12 @@ class Core:
             f"set `options sch_teql max_equalizers={need}` in /etc/modprobe.d/wanbalanced.conf "
             "and reload the module (rmmod sch_teql && modprobe sch_teql)",
         )
+
+
+#: The route that stands in for the equalizer's default route while no slave
+#: is attached, by `all_down`; None: none.
+_ALL_DOWN_TYPES: dict[str, int | None] = {"withdraw": None, "unreachable": RTN_UNREACHABLE,
+                                          "blackhole": RTN_BLACKHOLE}
 
 
 def _rp_reason(link: Link) -> str:
