@@ -22,11 +22,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface
 from typing import ClassVar, Protocol
 
 from .observed import (
     DEFAULT_DST,
+    IFA_F_NODAD,
     IFA_F_NOPREFIXROUTE,
     IFF_UP,
     RT_SCOPE_LINK,
@@ -88,9 +89,9 @@ class KernelOps(Protocol):
 
     async def set_link_up(self, index: int) -> None: ...
 
-    async def add_address(self, index: int, address: IPv4Interface, flags: int) -> None: ...
+    async def add_address(self, index: int, address: IPv4Interface | IPv6Interface, flags: int) -> None: ...
 
-    async def delete_address(self, index: int, address: IPv4Interface) -> None: ...
+    async def delete_address(self, index: int, address: IPv4Interface | IPv6Interface) -> None: ...
 
     async def put_route(self, route: Route, replace: bool) -> None:
         """Add `route` with wanbalanced's protocol number. Without `replace` the
@@ -253,19 +254,26 @@ class LinkUp(OnDevice):
 @dataclass(frozen=True)
 class AddAddress(OnDevice):
     """Add the equalizer's local address with noprefixroute, so the kernel never
-    creates the connected route the seed deletes by hand."""
+    creates the connected route the seed deletes by hand. An IPv6 one also
+    with nodad: a NOARP device does no duplicate address detection anyway, and
+    the flag says so (the address is never "tentative")."""
     kind = "address"
 
-    address: IPv4Interface
+    address: IPv4Interface | IPv6Interface
+
+    @property
+    def flags(self) -> int:
+        return IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if self.address.version == 6 else 0)
 
     async def execute(self, ops: KernelOps) -> None:
-        await ops.add_address(self.index, self.address, IFA_F_NOPREFIXROUTE)
+        await ops.add_address(self.index, self.address, self.flags)
 
     def expect(self, snap: Snapshot) -> None:
-        snap.put_address(Address(self.index, self.address, IFA_F_NOPREFIXROUTE))
+        snap.put_address(Address(self.index, self.address, self.flags))
 
     def command(self) -> str:
-        return f"ip addr add {self.address.with_prefixlen} dev {self.name} noprefixroute"
+        nodad = " nodad" if self.address.version == 6 else ""
+        return f"ip addr add {self.address.with_prefixlen} dev {self.name} noprefixroute{nodad}"
 
     def drifted(self, snap: Snapshot) -> str:
         return f"the address of {self.name} was removed"
@@ -276,7 +284,7 @@ class DeleteAddress(OnDevice):
     """Remove an address wanbalanced added and the configuration no longer has."""
     kind = "address"
 
-    address: IPv4Interface
+    address: IPv4Interface | IPv6Interface
 
     async def execute(self, ops: KernelOps) -> None:
         await ops.delete_address(self.index, self.address)

@@ -13,7 +13,7 @@ import re
 import stat
 import tomllib
 from dataclasses import dataclass
-from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_interface,
+from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address, ip_interface,
                        ip_network)
 from typing import Annotated, Any, Iterable, Literal, get_args
 
@@ -105,19 +105,34 @@ def _no_duplicates(names: tuple[str, ...], info: ValidationInfo) -> tuple[str, .
     return names
 
 
-def _parse_address(v: object) -> object:
-    if v is None or isinstance(v, IPv4Interface):
+def _interface(v: object, kind: type[IPv4Interface] | type[IPv6Interface], example: str, other: str) -> object:
+    """An address with prefix length of one IP version (`other` names the key
+    for the other version)."""
+    if v is None or isinstance(v, kind):
         return v
     if not isinstance(v, str):
-        raise ValueError(f'expected an address with prefix such as "10.0.0.0/31", got {_toml_type(v)}')
+        raise ValueError(f'expected an address with prefix such as "{example}", got {_toml_type(v)}')
     if "/" not in v:
-        raise ValueError(f'{_q(v)} has no prefix length; write it like "10.0.0.0/31"')
+        raise ValueError(f'{_q(v)} has no prefix length; write it like "{example}"')
     try:
         addr = ip_interface(v)
     except ValueError:
-        raise ValueError(f'{_q(v)} is not an address with prefix such as "10.0.0.0/31"') from None
-    if not isinstance(addr, IPv4Interface):
-        raise ValueError(f"{_q(v)} is not an IPv4 address; teql devices here carry IPv4 only")
+        raise ValueError(f'{_q(v)} is not an address with prefix such as "{example}"') from None
+    if not isinstance(addr, kind):
+        version = 4 if kind is IPv4Interface else 6
+        raise ValueError(f"{_q(v)} is not an IPv{version} address; an IPv{10 - version} one goes in `{other}`")
+    return addr
+
+
+def _parse_address(v: object) -> object:
+    return _interface(v, IPv4Interface, "10.0.0.0/31", "address6")
+
+
+def _parse_address6(v: object) -> object:
+    addr = _interface(v, IPv6Interface, "2001:db8::1/128", "address")
+    if isinstance(addr, IPv6Interface) and (addr.ip.is_link_local or addr.ip.is_multicast or addr.ip.is_unspecified
+                                            or addr.ip.is_loopback):
+        raise ValueError(f"{_q(v)} must be a global or unique-local unicast address")
     return addr
 
 
@@ -388,6 +403,9 @@ class EqualizerConfig(BaseModel):
                       Field(min_length=1),
                       AfterValidator(_no_duplicates)]
     address: Annotated[IPv4Interface | None, BeforeValidator(_parse_address)] = None
+    # The equalizer's IPv6 address; with it, the default route ::/0 dev teqlN
+    # is kept under the same rules as IPv4's (docs/caveats.md, IPv6).
+    address6: Annotated[IPv6Interface | None, BeforeValidator(_parse_address6)] = None
     default_route: bool = True
     route_metric: Annotated[int, Field(ge=0, le=4294967295)] = 0
     route_table: Annotated[int, Field(ge=1, le=4294967295), AfterValidator(_not_local_table)] = 254  # 254: main

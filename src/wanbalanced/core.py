@@ -26,8 +26,10 @@ from .actions import (
     SetRpFilter,
 )
 from .lineroutes import plan_line_routes, plan_stray_routes
-from .config import Config, EqualizerConfig, ProbeConfig
+from .config import IPV6_DEFAULT_METRIC, Config, EqualizerConfig, ProbeConfig
 from .observed import (
+    DEFAULT_DST,
+    DEFAULT_DST6,
     IFA_F_NOPREFIXROUTE,
     RT_SCOPE_LINK,
     RT_TABLE_MAIN,
@@ -35,6 +37,7 @@ from .observed import (
     RTN_UNICAST,
     RTN_UNREACHABLE,
     RTPROT_KERNEL,
+    IPNetwork,
     Link,
     Route,
     Snapshot,
@@ -158,16 +161,21 @@ class Core:
             if master is None:
                 continue
             after = new.equalizers.get(eq_name)
-            if before.address is not None and (after is None or after.address != before.address):
-                if any(a.interface == before.address for a in snap.addresses_of(master.index)):
-                    cleanup.append(DeleteAddress("address changed in the configuration", eq_name, master.index,
-                                                 before.address))
+            for key in ("address", "address6"):
+                old_address = getattr(before, key)
+                if old_address is not None and (after is None or getattr(after, key) != old_address):
+                    if any(a.interface == old_address for a in snap.addresses_of(master.index)):
+                        cleanup.append(DeleteAddress("address changed in the configuration", eq_name, master.index,
+                                                     old_address))
             route = (before.default_route, before.route_metric, before.route_table)
-            if before.default_route and (after is None or (after.default_route, after.route_metric,
-                                                             after.route_table) != route):
-                if snap.our_default_routes(master.index, before.route_metric, before.route_table):
+            changed = after is None or (after.default_route, after.route_metric, after.route_table) != route
+            for dst, metric, gone in ((DEFAULT_DST, before.route_metric, changed),
+                                      (DEFAULT_DST6, before.route_metric or IPV6_DEFAULT_METRIC,
+                                       changed or after is None or after.address6 is None)):
+                if before.default_route and gone and snap.our_default_routes(
+                        master.index, metric, before.route_table, dst.version):
                     cleanup.append(DeleteDefaultRoute("default route changed in the configuration", eq_name,
-                                                      master.index, before.route_metric, before.route_table))
+                                                      master.index, metric, before.route_table, dst=dst))
         self.slaves = books
         self.config = new
         self.settled = None  # what is wanted changed on purpose: nothing is drift
@@ -339,12 +347,14 @@ class Core:
             eq.master_up = eq.going_up = True
 
     def _plan_address(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
-        address = eq.config.address
-        if address is None:
+        wanted = [a for a in (eq.config.address, eq.config.address6) if a is not None]
+        if not wanted:
             return
-        out.wants[("address", eq.name)] = (master.index, str(address))
-        if not any(a.interface == address for a in eq.snap.addresses_of(master.index)):
-            out.actions.append(AddAddress("configured address missing", eq.name, master.index, address))
+        out.wants[("address", eq.name)] = (master.index, *map(str, wanted))
+        have = {a.interface for a in eq.snap.addresses_of(master.index)}
+        for address in wanted:
+            if address not in have:
+                out.actions.append(AddAddress("configured address missing", eq.name, master.index, address))
 
     def _plan_connected_route(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
         address = eq.config.address
@@ -373,13 +383,23 @@ class Core:
         """The default route through the equalizer while a slave is attached;
         with none, no route (`all_down = "withdraw"`: a backup route takes
         over) or an unreachable or blackhole one of the same metric and table,
-        which a single replace swaps with the equalizer's."""
+        which a single replace swaps with the equalizer's. The same for IPv6
+        (::/0) when the equalizer has an `address6`."""
         cfg = eq.config
         if not cfg.default_route:
             return
-        out.wants[("route", eq.name)] = (master.index, eq.wanted, cfg.route_metric, cfg.route_table, cfg.all_down)
-        defaults = [r for r in eq.snap.default_routes(cfg.route_table) if r.priority == cfg.route_metric]
-        ours = eq.snap.our_default_routes(master.index, cfg.route_metric, cfg.route_table)
+        out.wants[("route", eq.name)] = (master.index, eq.wanted, cfg.route_metric, cfg.route_table, cfg.all_down,
+                                         cfg.address6 is not None)
+        self._plan_default_route_of(eq, master, out, DEFAULT_DST, cfg.route_metric)
+        if cfg.address6 is not None:
+            # The kernel stores an IPv6 route's metric 0 as 1024.
+            self._plan_default_route_of(eq, master, out, DEFAULT_DST6, cfg.route_metric or IPV6_DEFAULT_METRIC)
+
+    def _plan_default_route_of(self, eq: _Equalizer, master: Link, out: _Pass, dst: IPNetwork, metric: int) -> None:
+        cfg = eq.config
+        version = dst.version
+        defaults = [r for r in eq.snap.default_routes(cfg.route_table, version) if r.priority == metric]
+        ours = eq.snap.our_default_routes(master.index, metric, cfg.route_table, version)
         stand_in = _ALL_DOWN_TYPES[cfg.all_down]
         standing = [r for r in defaults if r.ours and r.type != RTN_UNICAST]
         want = bool(eq.attached) and eq.master_up
@@ -389,7 +409,7 @@ class Core:
         if kind is None:
             if ours:
                 out.actions.append(DeleteDefaultRoute(
-                    "no slave attached", eq.name, master.index, cfg.route_metric, cfg.route_table,
+                    "no slave attached", eq.name, master.index, metric, cfg.route_table, dst=dst,
                 ))
             return  # a stand-in left by other settings is a stray: withdrawn
         have = ours if kind == RTN_UNICAST else [r for r in standing if r.type == kind]
@@ -400,7 +420,7 @@ class Core:
         if theirs:
             out.faults.append(Fault(
                 "route_clash", eq.name,
-                f"{eq.name}: another default route has metric {cfg.route_metric} in table "
+                f"{eq.name}: another {'IPv6 ' if version == 6 else ''}default route has metric {metric} in table "
                 f"{cfg.route_table}; wanbalanced will not replace it: give it a higher metric "
                 f"or set equalizers.{eq.name}.route_metric",
             ))
@@ -410,8 +430,7 @@ class Core:
             # Made by hand or by a version before the protocol number: one
             # replace makes it ours, then restarts write nothing.
             why = f"adopting the route (proto {have[0].proto}) as wanbalanced's"
-        out.actions.append(ReplaceDefaultRoute(why, eq.name, master.index, cfg.route_metric, cfg.route_table,
-                                               kind))
+        out.actions.append(ReplaceDefaultRoute(why, eq.name, master.index, metric, cfg.route_table, kind, dst))
 
     def _missing_equalizer(self, eq_name: str, snap: Snapshot) -> Fault:
         need = max(teql_number(n) or 0 for n in self.config.equalizers) + 1

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from ipaddress import IPv4Interface, IPv6Network, ip_network
+from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
 from typing import Any, TypeVar
 
 from . import _pyroute2  # noqa: F401 - first: pyroute2 without its package __init__
@@ -28,6 +28,7 @@ from pyroute2.netlink.rtnl import (
     RTM_GETROUTE,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_IFADDR,
     RTMGRP_IPV6_ROUTE,
     RTMGRP_LINK,
     RTMGRP_TC,
@@ -37,6 +38,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from .actions import Action
 from .observed import (
     DEFAULT_DST,
+    DEFAULT_DST6,
     IFF_LOWER_UP,
     RTN_NAMES,
     RTN_UNICAST,
@@ -63,7 +65,7 @@ RTM_NEWNETCONF = 80
 NETCONFA_IFINDEX_ALL = -1
 NLM_F_DUMP_INTR = 0x10
 DUMP_RETRIES = 5
-GROUPS = (RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+GROUPS = (RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
           | 1 << (RTNLGRP_IPV4_NETCONF - 1))
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
 PROC_CONF = "/proc/sys/net/ipv4/conf"
@@ -139,7 +141,7 @@ def parse_root_qdisc(msg: Msg) -> tuple[int, Qdisc] | None:
 
 
 def parse_address(msg: Msg) -> Address | None:
-    if msg["family"] != socket.AF_INET:
+    if msg["family"] not in (socket.AF_INET, socket.AF_INET6):
         return None
     local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
     if local is None:
@@ -147,12 +149,9 @@ def parse_address(msg: Msg) -> Address | None:
     flags = msg.get_attr("IFA_FLAGS")
     return Address(
         index=int(msg["index"]),
-        interface=IPv4Interface(f"{local}/{msg['prefixlen']}"),
+        interface=ip_interface(f"{local}/{msg['prefixlen']}"),
         flags=int(flags if flags is not None else msg["flags"]),
     )
-
-
-DEFAULT_DST6 = IPv6Network("::/0")
 
 
 def parse_route(msg: Msg) -> Route | None:
@@ -416,9 +415,9 @@ class Kernel:
         self.teql.update(i for i, link in snap.links.items() if is_teql_name(link.name))
         for index, qdisc in await self._collect("qdisc", lambda: r.get_qdiscs(), parse_root_qdisc):
             snap.put_qdisc(index, qdisc)
-        for address in await self._collect("address", lambda: r.addr("dump", family=socket.AF_INET),
-                                           parse_address):
-            snap.put_address(address)
+        for family in FAMILIES:
+            for address in await self._collect("address", lambda: r.addr("dump", family=family), parse_address):
+                snap.put_address(address)
         for route in await self.dump_routes(route_tables):
             snap.put_route(route)
         snap.all_rp_filter = read_rp_filter("all")
@@ -460,11 +459,11 @@ class Kernel:
     async def set_link_up(self, index: int) -> None:
         await self._req.link("set", index=index, state="up")
 
-    async def add_address(self, index: int, address: IPv4Interface, flags: int) -> None:
+    async def add_address(self, index: int, address: IPv4Interface | IPv6Interface, flags: int) -> None:
         await self._req.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
                              flags=flags)
 
-    async def delete_address(self, index: int, address: IPv4Interface) -> None:
+    async def delete_address(self, index: int, address: IPv4Interface | IPv6Interface) -> None:
         await self._req.addr("del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
 
     async def put_route(self, route: Route, replace: bool) -> None:

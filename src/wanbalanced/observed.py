@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network, IPv6Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 # Interface flags from <linux/if.h>.
 IFF_UP = 0x1
@@ -20,8 +20,10 @@ IFF_NOARP = 0x80
 IFF_MULTICAST = 0x1000
 IFF_LOWER_UP = 0x10000
 
-# Address flag: the kernel adds no prefix (connected) route for the address.
+# Address flags: the kernel adds no prefix (connected) route for the address;
+# an IPv6 address is usable at once, without duplicate address detection.
 IFA_F_NOPREFIXROUTE = 0x200
+IFA_F_NODAD = 0x02
 
 RT_TABLE_MAIN = 254
 RT_TABLE_LOCAL = 255
@@ -98,10 +100,10 @@ class Link:
 
 @dataclass(frozen=True)
 class Address:
-    """An IPv4 address on a device."""
+    """An IPv4 or IPv6 address on a device."""
 
     index: int
-    interface: IPv4Interface
+    interface: IPv4Interface | IPv6Interface
     flags: int = 0
 
 
@@ -139,6 +141,7 @@ class Route:
 
 
 DEFAULT_DST = IPv4Network("0.0.0.0/0")
+DEFAULT_DST6 = IPv6Network("::/0")
 
 
 @dataclass
@@ -176,13 +179,13 @@ class Snapshot:
         """The default routes of one IP version in `table`."""
         return [r for r in self.routes if r.table == table and r.is_default and r.dst.version == version]
 
-    def our_default_routes(self, index: int, metric: int, table: int) -> list[Route]:
+    def our_default_routes(self, index: int, metric: int, table: int, version: int = 4) -> list[Route]:
         """The default routes wanbalanced keeps: through the device, without a
         gateway, with that metric in that table. Any protocol: one made by
         hand (the seed's) or by an older wanbalanced (proto static) through
         the equalizer is adopted (see core._plan_default_route)."""
-        return [r for r in self.default_routes(table) if r.oif == index and r.priority == metric and r.gateway is None
-                and r.type == RTN_UNICAST]
+        return [r for r in self.default_routes(table, version)
+                if r.oif == index and r.priority == metric and r.gateway is None and r.type == RTN_UNICAST]
 
     def our_routes(self) -> list[Route]:
         """Every route that carries wanbalanced's protocol number."""

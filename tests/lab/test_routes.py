@@ -18,7 +18,7 @@ import time
 import pytest
 
 from lab.daemon import CONFIG_2, Wanbalanced
-from lab.topo import FAR_ADDR, Lab, ip, ip_json
+from lab.topo import FAR_ADDR, FAR_ADDR6, LOCAL_ADDR6, Lab, ip, ip_json
 
 PROTO = "119"  # observed.RTPROT_WANBALANCED; `ip` shows the number without an rt_protos entry
 
@@ -225,3 +225,59 @@ def test_all_down(lab: Lab, wb: Wanbalanced, all_down: str, error: int) -> None:
     defaults = ip_json("route", "show", "default", "table", "main")
     assert [(r.get("dev"), r.get("metric")) for r in defaults] == [("teql0", 7)]
     assert lab.ping(3, interval=0.05) == 3
+
+
+# -- IPv6 ---------------------------------------------------------------------------
+
+CONFIG_V6 = CONFIG_2.replace('address = "10.0.0.0/31"\n', f'address = "10.0.0.0/31"\naddress6 = "{LOCAL_ADDR6}/128"\n')
+
+
+def default6() -> list[dict[str, object]]:
+    return ip_json("-6", "route", "show", "default", "table", "main")
+
+
+def connect6_errno() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((FAR_ADDR6, 9))
+        except OSError as e:
+            return e.errno or -1
+    return 0
+
+
+@pytest.mark.lab_setup(ipv6=True)
+def test_ipv6_default_route_through_teql0(lab: Lab, wb: Wanbalanced) -> None:
+    wb.write_config(CONFIG_V6)
+    wb.start()
+    v6 = [(a["local"], a["prefixlen"]) for a in lab.address_info("teql0") if a.get("family") == "inet6"]
+    assert v6 == [(LOCAL_ADDR6, 128)], "no link-local: the kernel makes none on a device of type void"
+    assert [(r.get("dev"), r.get("metric"), r.get("protocol")) for r in default6()] == [("teql0", 1024, PROTO)]
+    wb.wait_log(r"ip -6 route replace default dev teql0 metric 1024 proto 119")
+    tx = [lab.tx_packets(s) for s in lab.slaves]
+    assert lab.ping(20, interval=0.02, dst=FAR_ADDR6, src=LOCAL_ADDR6) == 20
+    grown = [lab.tx_packets(s) - before for s, before in zip(lab.slaves, tx)]
+    assert min(grown) >= 5, f"IPv6 round-robin over both lines, got {grown}"
+    lab.far_down(0)
+    lab.wait_until(lambda: not lab.attached("wan0"), 3, what="wan0 detached")
+    assert lab.ping(10, interval=0.02, dst=FAR_ADDR6, src=LOCAL_ADDR6) == 10, "over wan1 alone"
+
+
+@pytest.mark.lab_setup(ipv6=True)
+@pytest.mark.parametrize("all_down, error", [
+    ("withdraw", errno.ENETUNREACH),
+    ("unreachable", errno.EHOSTUNREACH),
+    ("blackhole", errno.EINVAL),
+])
+def test_ipv6_all_down(lab: Lab, wb: Wanbalanced, all_down: str, error: int) -> None:
+    wb.write_config(CONFIG_V6.replace("rp_filter = 0\n", f'rp_filter = 0\nall_down = "{all_down}"\n'))
+    wb.start()
+    assert connect6_errno() == 0
+    lab.far_down(0)
+    lab.far_down(1)
+    lab.wait_until(lambda: connect6_errno() == error, 5, what=f"IPv6 all_down {all_down}: errno {error}")
+    kinds = [(r.get("type", "unicast"), r.get("metric"), r.get("protocol")) for r in default6()]
+    assert kinds == ([] if all_down == "withdraw" else [(all_down, 1024, PROTO)])
+    lab.far_up(0)
+    lab.wait_until(lambda: connect6_errno() == 0, 5, what="IPv6 default route back")
+    assert [r.get("dev") for r in default6()] == ["teql0"]
+    assert lab.ping(3, interval=0.05, dst=FAR_ADDR6, src=LOCAL_ADDR6) == 3

@@ -648,3 +648,13 @@ def test_all_down_accepted(value: str) -> None:
 def test_all_down_rejected() -> None:
     p = only_problem(BASE + 'all_down = "prohibit"\n')
     assert p.path == "equalizers.teql0.all_down" and '"withdraw"' in p.message
+
+
+def test_address6() -> None:
+    cfg = parse_config(BASE + 'address6 = "2001:db8:ff::a/128"\n')
+    assert str(cfg.equalizers["teql0"].address6) == "2001:db8:ff::a/128"
+    for value, fragment in (('"fe80::1/64"', "global or unique-local"), ('"10.0.0.0/31"', "goes in `address`"),
+                            ('"2001:db8::1"', "no prefix length"), ('"ff02::1/128"', "global or unique-local")):
+        p = only_problem(BASE + f"address6 = {value}\n")
+        assert p.path == "equalizers.teql0.address6" and fragment in p.message, p
+    assert "goes in `address6`" in only_problem(BASE + 'address = "2001:db8::1/64"\n').message

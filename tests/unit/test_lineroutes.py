@@ -213,3 +213,35 @@ def test_another_default_route_of_the_same_metric_is_a_clash_for_the_stand_in_to
     core, _snap, plan = plan_when_all_down("unreachable", snap)
     assert [f.kind for f in plan.faults] == ["route_clash"]
     assert not any("unreachable" in a.command() for a in plan.actions)
+
+
+V6 = """
+[equalizers.teql0]
+slaves = ["wan0", "wan1"]
+address = "10.0.0.0/31"
+address6 = "2001:db8:ff::a/128"
+all_down = "unreachable"
+"""
+
+
+def test_ipv6_address_and_default_route_follow_the_same_rules() -> None:
+    snap = snapshot(master(), slave(10, "wan0"), slave(11, "wan1"))
+    core = Core(config(V6), 0.0)
+    done = converge(core, snap, 0.0)
+    assert done[-4:] == [
+        "ip addr add 10.0.0.0/31 dev teql0 noprefixroute",
+        "ip addr add 2001:db8:ff::a/128 dev teql0 noprefixroute nodad",
+        "ip route replace default dev teql0 proto 119",
+        "ip -6 route replace default dev teql0 metric 1024 proto 119",
+    ]
+    for index, name in ((10, "wan0"), (11, "wan1")):
+        snap.put_link(slave(index, name, teql="teql0", carrier=False))
+    assert converge(core, snap, 1.0)[-2:] == [
+        "ip route replace unreachable default proto 119",
+        "ip -6 route replace unreachable default metric 1024 proto 119",
+    ]
+    fresh = Core(config(V6), 2.0)
+    fresh.observe(snap, 2.0)
+    assert fresh.plan(snap).converged, "a restart adopts both stand-ins"
+    core.reconfigure(config(V6.replace('address6 = "2001:db8:ff::a/128"\n', "")), snap, 3.0)
+    assert converge(core, snap, 3.0) == ["ip -6 route del unreachable default metric 1024"]
