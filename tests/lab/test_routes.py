@@ -281,3 +281,55 @@ def test_ipv6_all_down(lab: Lab, wb: Wanbalanced, all_down: str, error: int) -> 
     lab.wait_until(lambda: connect6_errno() == 0, 5, what="IPv6 default route back")
     assert [r.get("dev") for r in default6()] == ["teql0"]
     assert lab.ping(3, interval=0.05, dst=FAR_ADDR6, src=LOCAL_ADDR6) == 3
+
+
+def test_line_routes_follow_a_hold_down(lab: Lab, wb: Wanbalanced) -> None:
+    # Two flaps reach this suppress level; held down, the line keeps its
+    # carrier but neither its place in teql0 nor its routes.
+    wb.write_config(ROUTES + """
+[slaves.wan0.damping]
+suppress = 1500
+reuse = 800
+half_life = "4s"
+max_suppress = "6s"
+""")
+    wb.start()
+    mark = len(wb.log())
+    for _ in range(5):
+        lab.far_down(0)
+        lab.wait_until(lambda: not lab.attached("wan0"), 3)
+        lab.far_up(0)
+        if "held_down" in wb.log()[mark:]:
+            break
+        lab.wait_until(lambda: lab.attached("wan0"), 3)
+    wb.wait_log(r"WARNING wan0: down -> held_down")
+    time.sleep(0.5)
+    assert "LOWER_UP" in lab.link("wan0")["flags"] and not lab.attached("wan0")
+    assert ours("wan0") == set(), "held down: its routes are out"
+    lab.wait_until(lambda: lab.attached("wan0") and ours("wan0") == WAN0, 30, what="released with its routes")
+
+
+@pytest.mark.lab_setup(ipv6=True)
+def test_ipv6_line_routes(lab: Lab, wb: Wanbalanced) -> None:
+    wb.write_config(CONFIG_V6 + """
+[[slaves.wan1.routes]]
+to = "2001:db8:ff:1::/64"
+[[slaves.wan1.routes]]
+to = "2001:db8:ff:2::/64"
+via = "fe80::1"
+table = 100
+""")
+    wb.start()
+
+    def ours6() -> set[tuple[str, str | None, str]]:
+        return {(r["dst"], r.get("gateway"), str(r.get("table", "main")))
+                for r in ip_json("-6", "route", "show", "table", "all", "proto", PROTO) if r["dst"] != "default"}
+
+    want = {("2001:db8:ff:1::/64", None, "main"), ("2001:db8:ff:2::/64", "fe80::1", "100")}
+    assert ours6() == want
+    lab.far_down(1)
+    lab.wait_until(lambda: ours6() == set(), 3, what="IPv6 routes withdrawn with wan1")
+    lab.far_up(1)
+    lab.wait_until(lambda: ours6() == want, 3, what="IPv6 routes back with wan1")
+    wb.stop()
+    assert _route_events(1.0, wb.start) == "", "restart: adopted as they are"
