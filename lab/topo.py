@@ -61,6 +61,7 @@ __all__ = [
     "FAR_ADDR",
     "FAR_ADDR2",
     "FAR_ADDR6",
+    "FAR_LL6",
     "LOCAL_ADDR6",
     "LOCAL_ADDR",
     "LOCAL_PREFIX",
@@ -105,6 +106,7 @@ LOCAL_ADDR6 = "2001:db8:ff::a"  #: router A's teql0 IPv6 address (the daemon's a
 #: LOCAL_ADDR6 back through it, as A answers neighbour solicitations only for
 #: addresses of the line itself (its teql0 address is not one; see caveats.md).
 SLAVE_LL6 = "fe80::a"
+FAR_LL6 = "fe80::b"  #: the link-local address of every far end wanNp: an IPv6 probe target
 MASTER = "teql0"
 VRF_TABLE_BASE = 100
 
@@ -612,6 +614,7 @@ class Lab:
         cmds = [["route", "replace", LOCAL_PREFIX, "dev", self.far(i), "table", table]]
         if self.ipv6:
             cmds += [["addr", "replace", f"{FAR_ADDR6}/128", "dev", self.far(i), "nodad"],
+                     ["addr", "replace", f"{FAR_LL6}/64", "dev", self.far(i), "nodad"],
                      ["route", "replace", f"{LOCAL_ADDR6}/128", "via", SLAVE_LL6, "dev", self.far(i),
                       "table", table]]
         return cmds

@@ -17,7 +17,7 @@ from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv
                        ip_network)
 from typing import Annotated, Any, Iterable, Literal, get_args
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator,
                       ValidationError, ValidationInfo, model_validator)
 
 from .observed import TEQL_LIKE, teql_number
@@ -209,12 +209,26 @@ _THIS_NETWORK = IPv4Network("0.0.0.0/8")
 _LIMITED_BROADCAST = IPv4Address("255.255.255.255")
 
 
-def _check_target(addr: IPv4Address) -> IPv4Address:
+def _parse_target(v: object) -> IPv4Address | IPv6Address:
+    if isinstance(v, (IPv4Address, IPv6Address)):
+        return v
+    if isinstance(v, str) and ":" in v:
+        try:
+            return IPv6Address(v)
+        except ValueError:
+            raise ValueError(f"{_q(v)} is not an IPv6 address") from None
+    addr = _parse_ipv4(v)
+    assert isinstance(addr, IPv4Address)
+    return addr
+
+
+def _check_target(addr: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
     """A probe target must be a unicast address an echo can reach through the
     slave. Link-local and private addresses (a modem's, a PPP peer's, the
-    TEST-NETs of the lab) are fine: the echo is bound to the slave's device."""
-    why = _not_unicast(addr, unspecified=" (0.0.0.0/8 means this host, this network)",
-                       loopback=": the echo would never leave this host")
+    TEST-NETs of the lab) are fine: the echo is bound to the slave's device.
+    An IPv6 target is sent ICMPv6 echo (see probe.py for what it needs)."""
+    why = _not_unicast(addr, unspecified=" (0.0.0.0/8 means this host, this network)"
+                       if addr.version == 4 else "", loopback=": the echo would never leave this host")
     if why is not None:
         raise ValueError(f"{addr} {why}; a probe target must be a unicast address reachable through the slave")
     return addr
@@ -234,10 +248,12 @@ def _not_unicast(addr: IPv4Address | IPv6Address, unspecified: str = "", loopbac
     return None
 
 
-ProbeTarget = Annotated[IPv4, AfterValidator(_check_target)]
+# One validator, not a union of the two types: pydantic would also report
+# the tuple as too short after a bad item.
+ProbeTarget = Annotated[IPv4Address | IPv6Address, PlainValidator(lambda v: _check_target(_parse_target(v)))]
 
 
-def _unique(targets: tuple[IPv4Address, ...]) -> tuple[IPv4Address, ...]:
+def _unique(targets: tuple[IPv4Address | IPv6Address, ...]) -> tuple[IPv4Address | IPv6Address, ...]:
     if len(set(targets)) != len(targets):
         raise ValueError("lists a target twice")
     return targets

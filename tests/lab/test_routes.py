@@ -18,7 +18,7 @@ import time
 import pytest
 
 from lab.daemon import CONFIG_2, Wanbalanced
-from lab.topo import FAR_ADDR, FAR_ADDR6, LOCAL_ADDR6, Lab, ip, ip_json
+from lab.topo import FAR_ADDR, FAR_ADDR6, FAR_LL6, LOCAL_ADDR6, Lab, ip, ip_json
 
 PROTO = "119"  # observed.RTPROT_WANBALANCED; `ip` shows the number without an rt_protos entry
 
@@ -333,3 +333,51 @@ table = 100
     lab.wait_until(lambda: ours6() == want, 3, what="IPv6 routes back with wan1")
     wb.stop()
     assert _route_events(1.0, wb.start) == "", "restart: adopted as they are"
+
+
+@pytest.mark.lab_setup(ipv6=True)
+def test_ipv6_probe_detaches_a_dead_line(lab: Lab, wb: Wanbalanced) -> None:
+    # ICMPv6 echo to the far end's link-local address, through wan0 alone.
+    wb.write_config(CONFIG_V6 + f"""
+[slaves.wan0.probe]
+targets = ["{FAR_LL6}"]
+interval = "100ms"
+timeout = "100ms"
+down_after = 3
+up_after = 3
+""")
+    wb.start()
+    lab.wait_until(lambda: lab.attached("wan0"), 5, what="wan0 attached")
+    time.sleep(1.0)
+    assert lab.attached("wan0"), "ICMPv6 probes answered: the line stays"
+    start = time.monotonic()
+    lab.netem(0, 100)  # carrier up, far end drops everything
+    lab.wait_until(lambda: not lab.attached("wan0"), 5, what="dead line detached by ICMPv6 probes")
+    print(f"IPv6 far end dead -> wan0 detached: {(time.monotonic() - start) * 1000:.0f} ms")
+    assert "LOWER_UP" in lab.link("wan0")["flags"]
+    wb.wait_log(r"wan0: up -> failed \(")
+    start = time.monotonic()
+    lab.netem_clear(0)
+    lab.wait_until(lambda: lab.attached("wan0"), 5, what="re-attached once ICMPv6 echoes return")
+    print(f"IPv6 far end back -> wan0 attached: {(time.monotonic() - start) * 1000:.0f} ms")
+    assert lab.ping(5, interval=0.05, dst=FAR_ADDR6, src=LOCAL_ADDR6) == 5
+
+
+@pytest.mark.lab_setup(ipv6=True)
+def test_ipv6_echo_to_a_global_target_needs_a_route_through_the_slave(lab: Lab, wb: Wanbalanced) -> None:
+    # Unlike IPv4, IPv6 makes no on-link guess for a socket bound to a device
+    # with no route out of it: the echo cannot leave (documented in caveats.md).
+    from wanbalanced.probe import build_echo6, open_socket
+    sock = open_socket("wan0", 0x4242, family=socket.AF_INET6)
+    try:
+        try:
+            sock.sendto(build_echo6(0x4242, 1, b"x" * 8), (FAR_ADDR6, 0))
+            got = 0
+        except OSError as e:
+            got = e.errno or -1
+        print(f"sendto {FAR_ADDR6} bound to wan0, no route through it: {errno.errorcode.get(got, got)}")
+        assert got == errno.ENETUNREACH
+        ip("-6", "route", "add", f"{FAR_ADDR6}/128", "via", FAR_LL6, "dev", "wan0", "metric", "2000")
+        sock.sendto(build_echo6(0x4242, 2, b"x" * 8), (FAR_ADDR6, 0))  # with one, it leaves
+    finally:
+        sock.close()
