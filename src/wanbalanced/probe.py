@@ -25,6 +25,15 @@ wakes the daemon or fills the socket's queue ahead of a true reply. Of what
 passes, identifier, sequence and source are compared before the payload, and
 the checksum is computed last.
 
+IPv6 targets get ICMPv6 echo on a second raw socket (IPPROTO_ICMPV6), bound
+the same way, with the same identifier. It differs in three ways: the kernel
+computes and verifies the checksum (it covers a pseudo-header); the socket
+delivers the ICMPv6 message without its IP header, so the BPF filter reads
+type and identifier at offsets 0 and 4 and the source comes from recvfrom;
+and the kernel makes no on-link guess for a global target with no route out
+of the slave (ENETUNREACH), so the far end's link-local address is the
+target of choice (reached on the bound device).
+
 Probers with the same interval keep their rounds on one grid of the loop's
 clock (multiples of the interval), so that the event loop sends every
 slave's round, and judges every round that times out, in one wake-up rather
