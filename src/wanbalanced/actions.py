@@ -41,6 +41,7 @@ from .observed import (
     IPNetwork,
     Qdisc,
     Route,
+    Rule,
     Snapshot,
 )
 
@@ -107,6 +108,12 @@ class KernelOps(Protocol):
         """Delete a route; the keywords left None match any value."""
 
     async def set_rp_filter(self, name: str, value: int) -> None: ...
+
+    async def add_rule(self, rule: Rule) -> None:
+        """Add a policy rule with wanbalanced's protocol number."""
+
+    async def delete_rule(self, rule: Rule) -> None:
+        """Delete a policy rule, matching wanbalanced's protocol number."""
 
 
 @dataclass(frozen=True)
@@ -425,6 +432,46 @@ class DeleteLineRoute(_LineRoute):
 
     def command(self) -> str:
         return f"{_ip_route(self.dst)} del {self._route()}{PROTO}"
+
+
+@dataclass(frozen=True)
+class _LineRule(OnDevice):
+    """A slave's policy rule ([[slaves.<name>.rules]]); the device is the
+    slave whose attach it follows (a rule itself has none)."""
+    kind = "line_rule"
+    rule: Rule
+
+    def _rule(self) -> str:
+        family = "-6 " if self.rule.src.version == 6 else ""
+        return (f"{family}rule {{}} from {self.rule.src.with_prefixlen} table {self.rule.table}"
+                f" priority {self.rule.priority}{PROTO}")
+
+
+@dataclass(frozen=True)
+class AddLineRule(_LineRule):
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.add_rule(self.rule)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.rules.add(self.rule)
+
+    def command(self) -> str:
+        return "ip " + self._rule().format("add")
+
+    def drifted(self, snap: Snapshot) -> str:
+        return f"the rule from {self.rule.src} of {self.name} was deleted"
+
+
+@dataclass(frozen=True)
+class DeleteLineRule(_LineRule):
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.delete_rule(self.rule)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.rules.discard(self.rule)
+
+    def command(self) -> str:
+        return "ip " + self._rule().format("del")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from .observed import TEQL_LIKE, teql_number
 
 __all__ = ["AllDown", "Config", "ConfigError", "DaemonConfig", "DampingConfig", "Duration", "EqualizerConfig",
-           "LineRouteConfig", "ProbeConfig", "Problem", "SlaveConfig", "load_config", "parse_config"]
+           "LineRouteConfig", "LineRuleConfig", "ProbeConfig", "Problem", "SlaveConfig", "load_config", "parse_config"]
 
 Loc = tuple[str | int, ...]
 _MAX_DURATION = 86400.0  # a day: anything longer is surely a typo, not a debounce
@@ -376,6 +376,27 @@ class LineRouteConfig(BaseModel):
         return (self.table, str(self.to), self.kernel_metric)
 
 
+class LineRuleConfig(BaseModel):
+    """A policy rule for one slave ([[slaves.<name>.rules]]): traffic from
+    `from` looks up `table`. In the kernel while the slave is attached, like
+    its routes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=False)
+    source: Annotated[IPNetwork, BeforeValidator(_parse_destination), Field(alias="from")]
+    table: Annotated[int, Field(ge=1, le=4294967295), AfterValidator(_not_local_table)]
+    # pyroute2's and the lab's default; iproute2 would pick one below the lowest rule.
+    priority: Annotated[int, Field(ge=1, le=32765)] = 32000
+
+
+def _unique_rules(rules: tuple[LineRuleConfig, ...]) -> tuple[LineRuleConfig, ...]:
+    seen: dict[tuple[str, int, int], int] = {}
+    for i, r in enumerate(rules):
+        j = seen.setdefault((str(r.source), r.table, r.priority), i)
+        if j != i:
+            raise ValueError(f"rules[{i}] duplicates rules[{j}]")
+    return rules
+
+
 def _unique_routes(routes: tuple[LineRouteConfig, ...], info: ValidationInfo) -> tuple[LineRouteConfig, ...]:
     # parse_config's cross-check (_route_clashes) reports these with paths, even beside other errors.
     if (info.context or {}).get("cross_checked"):
@@ -404,6 +425,8 @@ class SlaveConfig(BaseModel):
     down_delay: Duration = 0.0  # carrier must stay down this long before detaching
     routes: Annotated[tuple[LineRouteConfig, ...], BeforeValidator(_as_tuple), Field(max_length=256),
                       AfterValidator(_unique_routes)] = ()
+    rules: Annotated[tuple[LineRuleConfig, ...], BeforeValidator(_as_tuple), Field(max_length=64),
+                     AfterValidator(_unique_rules)] = ()
 
 
 AllDown = Literal["withdraw", "unreachable", "blackhole"]

@@ -25,7 +25,7 @@ from .actions import (
     ReplaceDefaultRoute,
     SetRpFilter,
 )
-from .lineroutes import plan_line_routes, plan_stray_routes
+from .lineroutes import plan_line_routes, plan_line_rules, plan_stray_routes, plan_stray_rules
 from .config import IPV6_DEFAULT_METRIC, Config, EqualizerConfig, ProbeConfig
 from .observed import (
     DEFAULT_DST,
@@ -40,6 +40,7 @@ from .observed import (
     IPNetwork,
     Link,
     Route,
+    Rule,
     Snapshot,
     teql_number,
 )
@@ -95,6 +96,7 @@ class _Pass:
     # Routes with wanbalanced's protocol that some planner wants kept; the
     # others are withdrawn (plan_stray_routes).
     kept_routes: set[Route] = field(default_factory=set)
+    kept_rules: set[Rule] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -275,7 +277,9 @@ class Core:
             self._plan_connected_route(eq, eq.master, out)
             self._plan_default_route(eq, eq.master, out)
             plan_line_routes(self.config, eq.name, eq.attached, snap, out.actions, out.wants, out.kept_routes)
+            plan_line_rules(self.config, eq.name, eq.attached, snap, out.actions, out.wants, out.kept_rules)
         plan_stray_routes(snap, out.kept_routes, out.actions)
+        plan_stray_rules(self.config, snap, out.kept_rules, out.actions)
         return out
 
     # -- one planner per managed property ------------------------------------------

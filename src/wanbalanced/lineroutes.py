@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from .actions import Action, AddLineRoute, DeleteDefaultRoute, DeleteLineRoute
+from .actions import Action, AddLineRoute, AddLineRule, DeleteDefaultRoute, DeleteLineRoute, DeleteLineRule
 from .config import Config
-from .observed import RTN_UNICAST, Route, Snapshot, is_teql_name
+from .observed import RTN_UNICAST, Route, Rule, Snapshot, is_teql_name
 
 
 def identity(route: Route) -> tuple[object, ...]:
@@ -79,3 +79,33 @@ def plan_stray_routes(snap: Snapshot, kept: Iterable[Route], actions: list[Actio
             why = "not in the configuration" if route.oif in live else f"{link.name} is not attached"
             actions.append(DeleteLineRoute(why, link.name, link.index, route.dst,
                                            route.gateway, route.priority, route.table, scope=route.scope))
+
+
+def plan_line_rules(config: Config, eq_name: str, attached: Collection[str], snap: Snapshot,
+                    actions: list[Action], wants: dict[tuple[str, str], object], kept: set[Rule]) -> None:
+    """The policy rules of [[slaves.<name>.rules]]: like the slave's routes,
+    in the kernel while it is attached."""
+    for name in config.equalizers[eq_name].slaves:
+        link = snap.link(name)
+        rules = [Rule(r.source, r.table, r.priority) for r in config.slave(name).rules]
+        if not rules or link is None:
+            continue
+        on = name in attached
+        wants[("line_rule", name)] = (on, tuple(rules))
+        if not on:
+            continue
+        for rule in rules:
+            kept.add(rule)
+            if rule not in snap.rules:
+                actions.append(AddLineRule(f"{name} attached", name, link.index, rule))
+
+
+def plan_stray_rules(config: Config, snap: Snapshot, kept: Collection[Rule], actions: list[Action]) -> None:
+    """Withdraw every rule with wanbalanced's protocol that no slave wants now,
+    named after the slave that configures it (if any still does)."""
+    owner = {Rule(r.source, r.table, r.priority): name for name, s in config.slaves.items() for r in s.rules}
+    for rule in sorted(snap.rules - set(kept), key=lambda r: (r.priority, str(r.src), r.table)):
+        name = owner.get(rule)
+        link = snap.link(name) if name is not None else None
+        why = f"{name} is not attached" if name is not None else "not in the configuration"
+        actions.append(DeleteLineRule(why, name or "-", link.index if link is not None else 0, rule))

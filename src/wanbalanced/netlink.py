@@ -28,8 +28,10 @@ from pyroute2.netlink.rtnl import (
     RTM_GETROUTE,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV4_RULE,
     RTMGRP_IPV6_IFADDR,
     RTMGRP_IPV6_ROUTE,
+    RTMGRP_IPV6_RULE,
     RTMGRP_LINK,
     RTMGRP_TC,
 )
@@ -49,6 +51,7 @@ from .observed import (
     LinkStats,
     Qdisc,
     Route,
+    Rule,
     Snapshot,
     is_teql_name,
 )
@@ -66,6 +69,7 @@ NETCONFA_IFINDEX_ALL = -1
 NLM_F_DUMP_INTR = 0x10
 DUMP_RETRIES = 5
 GROUPS = (RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+          | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE
           | 1 << (RTNLGRP_IPV4_NETCONF - 1))
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
 PROC_CONF = "/proc/sys/net/ipv4/conf"
@@ -178,6 +182,18 @@ def parse_route(msg: Msg) -> Route | None:
     )
 
 
+def parse_rule(msg: Msg) -> Rule | None:
+    """One of wanbalanced's policy rules (FRA_PROTOCOL 119); None for any other."""
+    if msg["family"] not in (socket.AF_INET, socket.AF_INET6) or msg.get_attr("FRA_PROTOCOL") != RTPROT_WANBALANCED:
+        return None
+    src = msg.get_attr("FRA_SRC")
+    table = msg.get_attr("FRA_TABLE")
+    default = DEFAULT_DST if msg["family"] == socket.AF_INET else DEFAULT_DST6
+    return Rule(src=ip_network(f"{src}/{msg['src_len']}") if src else default,
+                table=int(table if table is not None else msg["table"]),
+                priority=int(msg.get_attr("FRA_PRIORITY") or 0))
+
+
 def apply_event(snap: Snapshot, msg: Msg) -> bool:
     """Update the snapshot from one event. Returns False for messages ignored."""
     event = msg.get("event")
@@ -219,6 +235,11 @@ def apply_event(snap: Snapshot, msg: Msg) -> bool:
             snap.all_rp_filter = int(rp)
         else:
             snap.set_rp_filter(int(index), int(rp))
+    elif event in ("RTM_NEWRULE", "RTM_DELRULE"):
+        rule = parse_rule(msg)
+        if rule is None:
+            return False
+        (snap.rules.add if event == "RTM_NEWRULE" else snap.rules.discard)(rule)
     elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
         route = parse_route(msg)
         if route is None:
@@ -420,6 +441,8 @@ class Kernel:
                 snap.put_address(address)
         for route in await self.dump_routes(route_tables):
             snap.put_route(route)
+        for family in FAMILIES:
+            snap.rules.update(await self._collect("rule", lambda: r.rule("dump", family=family), parse_rule))
         snap.all_rp_filter = read_rp_filter("all")
         return snap
 
@@ -489,3 +512,17 @@ class Kernel:
 
     async def set_rp_filter(self, name: str, value: int) -> None:
         write_rp_filter(name, value)  # a sysctl: no netlink write exists
+
+    def _rule_spec(self, rule: Rule) -> dict[str, Any]:
+        # The priority always: pyroute2 would put its own default (32000) in its place.
+        spec: dict[str, Any] = {"family": _family(rule.src), "table": rule.table, "priority": rule.priority,
+                                "protocol": RTPROT_WANBALANCED}
+        if rule.src.prefixlen:
+            spec.update(src=str(rule.src.network_address), src_len=rule.src.prefixlen)
+        return spec
+
+    async def add_rule(self, rule: Rule) -> None:
+        await self._req.rule("add", **self._rule_spec(rule))
+
+    async def delete_rule(self, rule: Rule) -> None:
+        await self._req.rule("del", **self._rule_spec(rule))

@@ -140,6 +140,16 @@ class Route:
         return self.dst.prefixlen == 0
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A policy rule of wanbalanced's (FRA_PROTOCOL 119): from `src`, look up `table`."""
+
+    src: IPNetwork
+    table: int
+    priority: int
+    proto: int = RTPROT_WANBALANCED
+
+
 DEFAULT_DST = IPv4Network("0.0.0.0/0")
 DEFAULT_DST6 = IPv6Network("::/0")
 
@@ -155,6 +165,7 @@ class Snapshot:
     links: dict[int, Link] = field(default_factory=dict)
     addresses: set[Address] = field(default_factory=set)
     routes: set[Route] = field(default_factory=set)
+    rules: set[Rule] = field(default_factory=set)  # ours only (FRA_PROTOCOL 119)
     # net.ipv4.conf.all.rp_filter: the effective value is max(all, device).
     all_rp_filter: int | None = None
     # name -> ifindex, kept by put_link and drop_link: the core looks devices

@@ -381,3 +381,37 @@ def test_ipv6_echo_to_a_global_target_needs_a_route_through_the_slave(lab: Lab, 
         sock.sendto(build_echo6(0x4242, 2, b"x" * 8), (FAR_ADDR6, 0))  # with one, it leaves
     finally:
         sock.close()
+
+
+def test_policy_rules_follow_the_line_and_others_are_left_alone(lab: Lab, wb: Wanbalanced) -> None:
+    ip("rule", "add", "from", "198.51.100.7", "table", "100", "priority", "1001")  # the operator's (proto boot)
+    wb.write_config(ROUTES + """
+[[slaves.wan0.rules]]
+from = "198.51.100.7/32"
+table = 100
+priority = 1000
+[[slaves.wan0.routes]]
+to = "default"
+table = 100
+""")
+    wb.start()
+
+    def rules(proto: str) -> list[tuple[int, str, str]]:
+        return [(r["priority"], r["src"], r["table"]) for r in ip_json("rule", "show", "proto", proto)]
+
+    assert rules(PROTO) == [(1000, "198.51.100.7", "100")]
+    got = ip_json("-4", "route", "get", "192.0.2.99", "from", "198.51.100.7", "iif", "lo")
+    assert got and got[0].get("dev") == "wan0", "traffic from the line's address leaves by the line"
+    lab.far_down(0)
+    lab.wait_until(lambda: rules(PROTO) == [], 3, what="rule withdrawn with wan0")
+    assert rules("boot") == [(1001, "198.51.100.7", "100")], "the operator's rule stays"
+    lab.far_up(0)
+    lab.wait_until(lambda: rules(PROTO) == [(1000, "198.51.100.7", "100")], 3, what="rule back with wan0")
+    wb.stop()
+    mon = subprocess.Popen(["ip", "monitor", "rule"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    wb.start()
+    time.sleep(1.0)
+    mon.send_signal(signal.SIGTERM)
+    assert mon.communicate(timeout=5)[0] == "", "restart: the rule is adopted as it is"
+    ip("rule", "del", "priority", "1001")

@@ -159,5 +159,5 @@ def test_drift_kinds_come_from_the_actions() -> None:
     from wanbalanced.metrics import DRIFT_KINDS as EXPORTED
 
     # The metrics' kind labels, in a stable order; a new action's kind joins them.
-    assert DRIFT_KINDS == ("qdisc", "link", "address", "connected_route", "route", "line_route",
+    assert DRIFT_KINDS == ("qdisc", "link", "address", "connected_route", "route", "line_route", "line_rule",
                            "rp_filter") == EXPORTED

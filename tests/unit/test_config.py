@@ -658,3 +658,22 @@ def test_address6() -> None:
         p = only_problem(BASE + f"address6 = {value}\n")
         assert p.path == "equalizers.teql0.address6" and fragment in p.message, p
     assert "goes in `address6`" in only_problem(BASE + 'address = "2001:db8::1/64"\n').message
+
+
+def test_line_rules() -> None:
+    cfg = parse_config(BASE + '[[slaves.wan0.rules]]\nfrom = "198.51.100.7/32"\ntable = 100\n')
+    rule = cfg.slave("wan0").rules[0]
+    assert (str(rule.source), rule.table, rule.priority) == ("198.51.100.7/32", 100, 32000)
+    found = problems(BASE + """
+[[slaves.wan0.rules]]
+from = "198.51.100.7/24"
+table = 100
+[[slaves.wan0.rules]]
+table = 255
+from = "default"
+[[slaves.wan0.rules]]
+from = "default"
+""")
+    assert "host bits" in found["slaves.wan0.rules[0].from"]
+    assert "local table" in found["slaves.wan0.rules[1].table"]
+    assert found["slaves.wan0.rules[2].table"] == "required key is missing"

@@ -245,3 +245,38 @@ def test_ipv6_address_and_default_route_follow_the_same_rules() -> None:
     assert fresh.plan(snap).converged, "a restart adopts both stand-ins"
     core.reconfigure(config(V6.replace('address6 = "2001:db8:ff::a/128"\n', "")), snap, 3.0)
     assert converge(core, snap, 3.0) == ["ip -6 route del unreachable default metric 1024"]
+
+
+RULES = """
+[equalizers.teql0]
+slaves = ["wan0", "wan1"]
+[[slaves.wan0.rules]]
+from = "198.51.100.7/32"
+table = 100
+priority = 1000
+[[slaves.wan0.routes]]
+to = "default"
+table = 100
+"""
+
+
+def test_rules_follow_the_attach_and_strays_go() -> None:
+    from wanbalanced.observed import Rule
+    snap = snapshot(master(), slave(10, "wan0"), slave(11, "wan1"))
+    stray = Rule(IPv6Network("2001:db8::/64"), 7, 900)  # ours by protocol, no longer configured
+    snap.rules.add(stray)
+    core = Core(config(RULES), 0.0)
+    done = converge(core, snap, 0.0)
+    assert "ip rule add from 198.51.100.7/32 table 100 priority 1000 proto 119" in done
+    assert "ip -6 rule del from 2001:db8::/64 table 7 priority 900 proto 119" in done
+    assert snap.rules == {Rule(IPv4Network("198.51.100.7/32"), 100, 1000)}
+    fresh = Core(config(RULES), 1.0)
+    fresh.observe(snap, 1.0)
+    assert fresh.plan(snap).converged, "adopted on restart"
+    snap.put_link(slave(10, "wan0", teql="teql0", carrier=False))
+    core.observe(snap, 2.0)
+    assert [a.command() for a in core.plan(snap).actions] == [
+        "tc qdisc del dev wan0 root teql0",
+        "ip route del default dev wan0 table 100 proto 119",
+        "ip rule del from 198.51.100.7/32 table 100 priority 1000 proto 119",
+    ]
