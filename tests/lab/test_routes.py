@@ -402,7 +402,8 @@ table = 100
                 if str(r.get("protocol")) == proto]
 
     assert rules(PROTO) == [(1000, "198.51.100.7", "100")]
-    got = ip_json("-4", "route", "get", "192.0.2.99", "from", "198.51.100.7", "iif", "lo")
+    ip("addr", "add", "198.51.100.7/32", "dev", "wan0", "noprefixroute")  # the line's own address
+    got = ip_json("-4", "route", "get", "192.0.2.99", "from", "198.51.100.7")
     assert got and got[0].get("dev") == "wan0", "traffic from the line's address leaves by the line"
     lab.far_down(0)
     lab.wait_until(lambda: rules(PROTO) == [], 3, what="rule withdrawn with wan0")
