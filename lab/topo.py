@@ -66,6 +66,9 @@ from lab import ppp
 __all__ = [
     "FAR_ADDR",
     "FAR_ADDR2",
+    "FAR_ADDR6",
+    "FAR_LL6",
+    "LOCAL_ADDR6",
     "LOCAL_ADDR",
     "LOCAL_PREFIX",
     "NS",
@@ -103,6 +106,13 @@ FAR_ADDR = "192.0.2.1"  #: router B's test address, reached through teql0
 FAR_ADDR2 = "192.0.2.2"  #: a second address of router B, for probes with two targets
 LOCAL_ADDR = "10.0.0.0"  #: router A's teql0 address (the seed's)
 LOCAL_PREFIX = "10.0.0.0/31"
+FAR_ADDR6 = "2001:db8:ff::b"  #: router B's IPv6 test address, on every far end (setup(ipv6=True))
+LOCAL_ADDR6 = "2001:db8:ff::a"  #: router A's teql0 IPv6 address (the daemon's address6 in the tests)
+#: The link-local address of every wanN (setup(ipv6=True)): router B routes
+#: LOCAL_ADDR6 back through it, as A answers neighbour solicitations only for
+#: addresses of the line itself (its teql0 address is not one; see caveats.md).
+SLAVE_LL6 = "fe80::a"
+FAR_LL6 = "fe80::b"  #: the link-local address of every far end wanNp: an IPv6 probe target
 MASTER = "teql0"
 VRF_TABLE_BASE = 100
 
@@ -509,6 +519,7 @@ class Lab:
     def __init__(self) -> None:
         self.n_slaves = 0
         self.kinds: list[str] = []
+        self.ipv6 = False
 
     # names ------------------------------------------------------------
 
@@ -568,6 +579,7 @@ class Lab:
             raise ValueError(f"kinds must be one of {ppp.KINDS} or one per line, got {kinds!r}")
         ppp.prepare(self.kinds)
         self.n_slaves = n_slaves
+        self.ipv6 = ipv6
         # Router A.  A new netns inherits init_net's IPv4 all/default
         # settings (net.core.devconf_inherit_init_net=0), so B and every
         # new line get rp_filter 0 from here; IPv6 ones are reset, though.
@@ -618,15 +630,25 @@ class Lab:
             b += [
                 ["link", "set", self.far(i), "master", self.vrf(i)],
                 ["link", "set", self.far(i), "up"],
-                self._far_route_cmd(i),
+                *self._far_route_cmds(i),
             ]
         batch(b, ns=NS)
+        if self.ipv6:
+            # nodad: usable at once, so the first echo does not wait ~1 s.
+            batch([["addr", "add", f"{SLAVE_LL6}/64", "dev", self.slave(i), "nodad"] for i in lines])
         if up:
             batch([["link", "set", self.slave(i), "up"] for i in lines])
 
-    def _far_route_cmd(self, i: int) -> list[str]:
-        return ["route", "replace", LOCAL_PREFIX, "dev", self.far(i),
-                "table", str(VRF_TABLE_BASE + i)]
+    def _far_route_cmds(self, i: int) -> list[list[str]]:
+        """Router B's way back over line i (lost with the far end's carrier)."""
+        table = str(VRF_TABLE_BASE + i)
+        cmds = [["route", "replace", LOCAL_PREFIX, "dev", self.far(i), "table", table]]
+        if self.ipv6:
+            cmds += [["addr", "replace", f"{FAR_ADDR6}/128", "dev", self.far(i), "nodad"],
+                     ["addr", "replace", f"{FAR_LL6}/64", "dev", self.far(i), "nodad"],
+                     ["route", "replace", f"{LOCAL_ADDR6}/128", "via", SLAVE_LL6, "dev", self.far(i),
+                      "table", table]]
+        return cmds
 
     def teardown(self) -> None:
         """Stop every pppd and pppoe-server of the lab, remove lines and
@@ -644,6 +666,7 @@ class Lab:
             ]
         batch(cmds, check=False)
         self.n_slaves = 0
+        self.ipv6 = False
 
     @staticmethod
     def _wan_links() -> list[str]:
@@ -681,7 +704,7 @@ class Lab:
 
     def far_up(self, i: int) -> None:
         """Bring router B's end of line i back (with its return route)."""
-        batch([["link", "set", self.far(i), "up"], self._far_route_cmd(i)],
+        batch([["link", "set", self.far(i), "up"], *self._far_route_cmds(i)],
               ns=NS)
 
     def delete_slave(self, i: int) -> None:

@@ -23,22 +23,29 @@ import abc
 import dataclasses
 import errno as errnos
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
 from collections.abc import Callable
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface
 from typing import ClassVar, Protocol
 
 from .observed import (
     DEFAULT_DST,
+    IFA_F_NODAD,
     IFA_F_NOPREFIXROUTE,
     IFF_UP,
     RT_SCOPE_LINK,
+    RT_SCOPE_UNIVERSE,
     RT_TABLE_MAIN,
+    RTN_NAMES,
+    RTN_UNICAST,
     RTPROT_KERNEL,
+    RTPROT_WANBALANCED,
     TEQL_DERIVED_FLAGS,
     Address,
+    IPNetwork,
     Link,
     Qdisc,
     Route,
+    Rule,
     Snapshot,
     is_teql_name,
 )
@@ -53,6 +60,21 @@ def _table(table: int) -> str:
 
 def _metric(metric: int) -> str:
     return "" if metric == 0 else f" metric {metric}"
+
+
+#: How a rendered command names wanbalanced's protocol: the number, which
+#: `ip` takes with or without packaging/rt_protos.d/wanbalanced.conf.
+PROTO = f" proto {RTPROT_WANBALANCED}"
+
+
+def _dst(dst: IPNetwork) -> str:
+    return "default" if dst.prefixlen == 0 else dst.with_prefixlen
+
+
+def _ip_route(dst: IPNetwork) -> str:
+    """`ip route`, or `ip -6 route` where the destination does not tell
+    (iproute2 reads "default" as IPv4)."""
+    return "ip -6 route" if dst.version == 6 and dst.prefixlen == 0 else "ip route"
 
 
 def sysctl_ifname(name: str) -> str:
@@ -80,17 +102,30 @@ class KernelOps(Protocol):
 
     async def set_mtu(self, index: int, mtu: int) -> None: ...
 
-    async def add_address(self, index: int, address: IPv4Interface, flags: int) -> None: ...
+    async def add_address(self, index: int, address: IPv4Interface | IPv6Interface, flags: int) -> None: ...
 
-    async def delete_address(self, index: int, address: IPv4Interface) -> None: ...
+    async def delete_address(self, index: int, address: IPv4Interface | IPv6Interface) -> None: ...
 
-    async def replace_route(self, dst: IPv4Network, index: int, metric: int, table: int) -> None: ...
+    async def put_route(self, route: Route, replace: bool) -> None:
+        """Add `route` with wanbalanced's protocol number. Without `replace` the
+        kernel refuses (EEXIST) when a route of the same destination, table and
+        metric exists, so that another's route is never overwritten."""
 
-    async def delete_route(self, dst: IPv4Network, index: int, table: int, *, metric: int | None = None,
+    async def delete_own_route(self, route: Route) -> None:
+        """Delete `route`, matching wanbalanced's protocol number: a route
+        someone else made is never hit (ESRCH instead)."""
+
+    async def delete_route(self, dst: IPNetwork, index: int, table: int, *, metric: int | None = None,
                            proto: int | None = None, scope: int | None = None) -> None:
         """Delete a route; the keywords left None match any value."""
 
     async def set_rp_filter(self, name: str, value: int) -> None: ...
+
+    async def add_rule(self, rule: Rule) -> None:
+        """Add a policy rule with wanbalanced's protocol number."""
+
+    async def delete_rule(self, rule: Rule) -> None:
+        """Delete a policy rule, matching wanbalanced's protocol number."""
 
 
 @dataclass(frozen=True)
@@ -304,19 +339,26 @@ class SetMtu(OnDevice):
 @dataclass(frozen=True)
 class AddAddress(OnDevice):
     """Add the equalizer's local address with noprefixroute, so the kernel never
-    creates the connected route the seed deletes by hand."""
+    creates the connected route the seed deletes by hand. An IPv6 one also
+    with nodad: a NOARP device does no duplicate address detection anyway, and
+    the flag says so (the address is never "tentative")."""
     kind = "address"
 
-    address: IPv4Interface
+    address: IPv4Interface | IPv6Interface
+
+    @property
+    def flags(self) -> int:
+        return IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if self.address.version == 6 else 0)
 
     async def execute(self, ops: KernelOps) -> None:
-        await ops.add_address(self.index, self.address, IFA_F_NOPREFIXROUTE)
+        await ops.add_address(self.index, self.address, self.flags)
 
     def expect(self, snap: Snapshot) -> None:
-        snap.put_address(Address(self.index, self.address, IFA_F_NOPREFIXROUTE))
+        snap.put_address(Address(self.index, self.address, self.flags))
 
     def command(self) -> str:
-        return f"ip addr add {self.address.with_prefixlen} dev {self.name} noprefixroute"
+        nodad = " nodad" if self.address.version == 6 else ""
+        return f"ip addr add {self.address.with_prefixlen} dev {self.name} noprefixroute{nodad}"
 
     def drifted(self, snap: Snapshot) -> str:
         return f"the address of {self.name} was removed"
@@ -327,7 +369,7 @@ class DeleteAddress(OnDevice):
     """Remove an address wanbalanced added and the configuration no longer has."""
     kind = "address"
 
-    address: IPv4Interface
+    address: IPv4Interface | IPv6Interface
 
     async def execute(self, ops: KernelOps) -> None:
         await ops.delete_address(self.index, self.address)
@@ -363,42 +405,151 @@ class DeleteConnectedRoute(OnDevice):
 
 @dataclass(frozen=True)
 class _DefaultRoute(OnDevice):
+    """The equalizer's default route. `type` is unicast (through the
+    equalizer), or the unreachable or blackhole route that stands in for it
+    while no slave is attached (`all_down`); all have the same metric and
+    table, so one replaces the other in a single write."""
     kind = "route"
     metric: int
     table: int
+    type: int = RTN_UNICAST
+    dst: IPNetwork = DEFAULT_DST
 
     def _route(self) -> str:
-        return f"default dev {self.name}{_metric(self.metric)}{_table(self.table)}"
+        where = f"dev {self.name}" if self.type == RTN_UNICAST else ""
+        kind = "" if self.type == RTN_UNICAST else f"{RTN_NAMES[self.type]} "
+        return f"{kind}{_dst(self.dst)} {where}".rstrip() + f"{_metric(self.metric)}{_table(self.table)}"
 
     def _as_route(self) -> Route:
-        return Route(self.table, DEFAULT_DST, self.metric, self.index)
+        oif = self.index if self.type == RTN_UNICAST else None
+        return Route(self.table, self.dst, self.metric, oif, proto=RTPROT_WANBALANCED, type=self.type)
 
 
 @dataclass(frozen=True)
 class ReplaceDefaultRoute(_DefaultRoute):
     async def execute(self, ops: KernelOps) -> None:
-        await ops.replace_route(DEFAULT_DST, self.index, self.metric, self.table)
+        await ops.put_route(self._as_route(), replace=True)
 
     def expect(self, snap: Snapshot) -> None:
         snap.put_route(self._as_route(), replace=True)
 
     def command(self) -> str:
-        return f"ip route replace {self._route()}"
+        return f"{_ip_route(self.dst)} replace {self._route()}{PROTO}"
 
     def drifted(self, snap: Snapshot) -> str:
+        if self.type != RTN_UNICAST:
+            return f"the {RTN_NAMES[self.type]} default route of {self.name} was deleted"
         return f"the default route via {self.name} was deleted"
 
 
 @dataclass(frozen=True)
 class DeleteDefaultRoute(_DefaultRoute):
+    """Withdraw the default route. A unicast one is matched by device and
+    metric, whatever its protocol: the equalizer's route may predate the
+    protocol number (made by hand, or by an older version)."""
+
     async def execute(self, ops: KernelOps) -> None:
-        await ops.delete_route(DEFAULT_DST, self.index, self.table, metric=self.metric)
+        if self.type == RTN_UNICAST:
+            await ops.delete_route(self.dst, self.index, self.table, metric=self.metric)
+        else:
+            await ops.delete_own_route(self._as_route())
 
     def expect(self, snap: Snapshot) -> None:
         snap.drop_route(self._as_route())
 
     def command(self) -> str:
-        return f"ip route del {self._route()}"
+        return f"{_ip_route(self.dst)} del {self._route()}"
+
+
+@dataclass(frozen=True)
+class _LineRoute(OnDevice):
+    """A configured route through one slave ([[slaves.<name>.routes]])."""
+    kind = "line_route"
+    dst: IPNetwork
+    gateway: str | None
+    metric: int
+    table: int
+    # As iproute2 does: a route with no gateway reaches a neighbour on the
+    # link (None: so chosen); a delete must match the scope it was made with.
+    scope: int | None = field(default=None, kw_only=True)
+
+    def as_route(self) -> Route:
+        """The route as the kernel holds it."""
+        scope = self.scope
+        if scope is None:
+            scope = RT_SCOPE_UNIVERSE if self.gateway is not None or self.dst.version == 6 else RT_SCOPE_LINK
+        return Route(self.table, self.dst, self.metric, self.index, self.gateway, RTPROT_WANBALANCED, scope)
+
+    def _route(self) -> str:
+        via = f" via {self.gateway}" if self.gateway is not None else ""
+        return f"{_dst(self.dst)}{via} dev {self.name}{_metric(self.metric)}{_table(self.table)}"
+
+
+@dataclass(frozen=True)
+class AddLineRoute(_LineRoute):
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.put_route(self.as_route(), replace=False)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.put_route(self.as_route())
+
+    def command(self) -> str:
+        return f"{_ip_route(self.dst)} add {self._route()}{PROTO}"
+
+    def drifted(self, snap: Snapshot) -> str:
+        return f"the route to {_dst(self.dst)} via {self.name} was deleted"
+
+
+@dataclass(frozen=True)
+class DeleteLineRoute(_LineRoute):
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.delete_own_route(self.as_route())
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.drop_route(self.as_route())
+
+    def command(self) -> str:
+        return f"{_ip_route(self.dst)} del {self._route()}{PROTO}"
+
+
+@dataclass(frozen=True)
+class _LineRule(OnDevice):
+    """A slave's policy rule ([[slaves.<name>.rules]]); the device is the
+    slave whose attach it follows (a rule itself has none)."""
+    kind = "line_rule"
+    rule: Rule
+
+    def _rule(self) -> str:
+        family = "-6 " if self.rule.src.version == 6 else ""
+        return (f"{family}rule {{}} from {self.rule.src.with_prefixlen} table {self.rule.table}"
+                f" priority {self.rule.priority}{PROTO}")
+
+
+@dataclass(frozen=True)
+class AddLineRule(_LineRule):
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.add_rule(self.rule)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.rules.add(self.rule)
+
+    def command(self) -> str:
+        return "ip " + self._rule().format("add")
+
+    def drifted(self, snap: Snapshot) -> str:
+        return f"the rule from {self.rule.src} of {self.name} was deleted"
+
+
+@dataclass(frozen=True)
+class DeleteLineRule(_LineRule):
+    async def execute(self, ops: KernelOps) -> None:
+        await ops.delete_rule(self.rule)
+
+    def expect(self, snap: Snapshot) -> None:
+        snap.rules.discard(self.rule)
+
+    def command(self) -> str:
+        return "ip " + self._rule().format("del")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ class StatusCollector(Collector):
             ("slave_flap_penalty", "The slave's flap penalty now (it halves every damping.half_life)"),
             ("slave_held_down_until_timestamp_seconds",
              "Unix time until which a flapping slave is held down; 0 when it is not"),
+            ("slave_routes", "The slave's configured routes ([[slaves.X.routes]]) in the kernel now"),
+            ("slave_routes_configured", "Routes configured through the slave"),
         )}
         state = GaugeMetricFamily("wanbalanced_slave_state", "1 for the slave's current state",
                                   labels=[*SLAVE, "state"])
@@ -70,6 +72,8 @@ class StatusCollector(Collector):
             g["slave_state_since_timestamp_seconds"].add_metric(labels, s.since)
             g["slave_flap_penalty"].add_metric(labels, s.flap_penalty)
             g["slave_held_down_until_timestamp_seconds"].add_metric(labels, s.held_down_until)
+            g["slave_routes"].add_metric(labels, s.routes)
+            g["slave_routes_configured"].add_metric(labels, s.routes_configured)
             for value in STATES:
                 state.add_metric([*labels, value], value == s.state)
             attaches.add_metric(labels, s.attaches)
@@ -97,6 +101,10 @@ class StatusCollector(Collector):
         reopens = CounterMetricFamily("wanbalanced_equalizer_reopens",
                                       "Times the daemon set the equalizer down and up to take a slave of "
                                       "other link flags (mixed = \"reopen\")", labels=["equalizer"])
+        stand_in = GaugeMetricFamily(
+            "wanbalanced_equalizer_all_down_route",
+            "1 while the all_down route of this type stands in for the default route (no slave attached)",
+            labels=["equalizer", "type"])
         for e in st.equalizers:
             if e.exists:
                 mtu.add_metric([e.equalizer], e.mtu)
@@ -106,7 +114,10 @@ class StatusCollector(Collector):
             eq["configured_slaves"].add_metric([e.equalizer], e.configured)
             eq["up"].add_metric([e.equalizer], e.up)
             eq["default_route"].add_metric([e.equalizer], e.default_route)
+            for kind in ("unreachable", "blackhole"):
+                stand_in.add_metric([e.equalizer, kind], e.stand_in == kind)
         yield from eq.values()
+        yield stand_in
         yield mtu
         yield mtu_changes
         yield reopens

@@ -13,17 +13,18 @@ import re
 import stat
 import tomllib
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, ip_interface
+from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address,
+                       ip_interface, ip_network)
 from typing import Annotated, Any, Iterable, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator,
                       ValidationError, ValidationInfo, model_validator)
 
 from .defaults import DEFAULT_CONTROL_SOCKET, DEFAULT_NETLINK_RCVBUF, LOG_LEVELS, LogLevel, check_socket_path
 from .observed import TEQL_LIKE, teql_number
 
-__all__ = ["DEFAULT_CONTROL_SOCKET", "DEFAULT_NETLINK_RCVBUF", "LOG_LEVELS", "Config", "ConfigError", "DaemonConfig",
-           "DampingConfig", "Duration", "EqualizerConfig",
+__all__ = ["DEFAULT_CONTROL_SOCKET", "DEFAULT_NETLINK_RCVBUF", "LOG_LEVELS", "AllDown", "Config", "ConfigError",
+           "DaemonConfig", "DampingConfig", "Duration", "EqualizerConfig", "LineRouteConfig", "LineRuleConfig",
            "ProbeConfig", "Problem", "SlaveConfig", "load_config", "parse_config"]
 
 Loc = tuple[str | int, ...]
@@ -103,19 +104,34 @@ def _no_duplicates(names: tuple[str, ...], info: ValidationInfo) -> tuple[str, .
     return names
 
 
-def _parse_address(v: object) -> object:
-    if v is None or isinstance(v, IPv4Interface):
+def _interface(v: object, kind: type[IPv4Interface] | type[IPv6Interface], example: str, other: str) -> object:
+    """An address with prefix length of one IP version (`other` names the key
+    for the other version)."""
+    if v is None or isinstance(v, kind):
         return v
     if not isinstance(v, str):
-        raise ValueError(f'expected an address with prefix such as "10.0.0.0/31", got {_toml_type(v)}')
+        raise ValueError(f'expected an address with prefix such as "{example}", got {_toml_type(v)}')
     if "/" not in v:
-        raise ValueError(f'{_q(v)} has no prefix length; write it like "10.0.0.0/31"')
+        raise ValueError(f'{_q(v)} has no prefix length; write it like "{example}"')
     try:
         addr = ip_interface(v)
     except ValueError:
-        raise ValueError(f'{_q(v)} is not an address with prefix such as "10.0.0.0/31"') from None
-    if not isinstance(addr, IPv4Interface):
-        raise ValueError(f"{_q(v)} is not an IPv4 address; teql devices here carry IPv4 only")
+        raise ValueError(f'{_q(v)} is not an address with prefix such as "{example}"') from None
+    if not isinstance(addr, kind):
+        version = 4 if kind is IPv4Interface else 6
+        raise ValueError(f"{_q(v)} is not an IPv{version} address; an IPv{10 - version} one goes in `{other}`")
+    return addr
+
+
+def _parse_address(v: object) -> object:
+    return _interface(v, IPv4Interface, "10.0.0.0/31", "address6")
+
+
+def _parse_address6(v: object) -> object:
+    addr = _interface(v, IPv6Interface, "2001:db8::1/128", "address")
+    if isinstance(addr, IPv6Interface) and (addr.ip.is_link_local or addr.ip.is_multicast or addr.ip.is_unspecified
+                                            or addr.ip.is_loopback):
+        raise ValueError(f"{_q(v)} must be a global or unique-local unicast address")
     return addr
 
 
@@ -184,28 +200,51 @@ _THIS_NETWORK = IPv4Network("0.0.0.0/8")
 _LIMITED_BROADCAST = IPv4Address("255.255.255.255")
 
 
-def _check_target(addr: IPv4Address) -> IPv4Address:
+def _parse_target(v: object) -> IPv4Address | IPv6Address:
+    if isinstance(v, (IPv4Address, IPv6Address)):
+        return v
+    if isinstance(v, str) and ":" in v:
+        try:
+            return IPv6Address(v)
+        except ValueError:
+            raise ValueError(f"{_q(v)} is not an IPv6 address") from None
+    addr = _parse_ipv4(v)
+    assert isinstance(addr, IPv4Address)
+    return addr
+
+
+def _check_target(addr: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
     """A probe target must be a unicast address an echo can reach through the
     slave. Link-local and private addresses (a modem's, a PPP peer's, the
-    TEST-NETs of the lab) are fine: the echo is bound to the slave's device."""
-    why = None
-    if addr in _THIS_NETWORK:
-        why = "is unspecified (0.0.0.0/8 means this host, this network)"
-    elif addr.is_loopback:
-        why = "is a loopback address: the echo would never leave this host"
-    elif addr.is_multicast:
-        why = "is a multicast address"
-    elif addr == _LIMITED_BROADCAST:
-        why = "is the limited broadcast address"
+    TEST-NETs of the lab) are fine: the echo is bound to the slave's device.
+    An IPv6 target is sent ICMPv6 echo (see probe.py for what it needs)."""
+    why = _not_unicast(addr, unspecified=" (0.0.0.0/8 means this host, this network)"
+                       if addr.version == 4 else "", loopback=": the echo would never leave this host")
     if why is not None:
         raise ValueError(f"{addr} {why}; a probe target must be a unicast address reachable through the slave")
     return addr
 
 
-ProbeTarget = Annotated[IPv4, AfterValidator(_check_target)]
+def _not_unicast(addr: IPv4Address | IPv6Address, unspecified: str = "", loopback: str = "") -> str | None:
+    """Why `addr` is no unicast address another host could have, or None;
+    the arguments add to the words for those two cases."""
+    if addr.is_unspecified or addr in _THIS_NETWORK:
+        return "is unspecified" + unspecified
+    if addr.is_loopback:
+        return "is a loopback address" + loopback
+    if addr.is_multicast:
+        return "is a multicast address"
+    if addr == _LIMITED_BROADCAST:
+        return "is the limited broadcast address"
+    return None
 
 
-def _unique(targets: tuple[IPv4Address, ...]) -> tuple[IPv4Address, ...]:
+# One validator, not a union of the two types: pydantic would also report
+# the tuple as too short after a bad item.
+ProbeTarget = Annotated[IPv4Address | IPv6Address, PlainValidator(lambda v: _check_target(_parse_target(v)))]
+
+
+def _unique(targets: tuple[IPv4Address | IPv6Address, ...]) -> tuple[IPv4Address | IPv6Address, ...]:
     if len(set(targets)) != len(targets):
         raise ValueError("lists a target twice")
     return targets
@@ -263,6 +302,110 @@ class DampingConfig(BaseModel):
         return self
 
 
+IPNetwork = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
+#: The kernel's metric for an IPv6 route added with none (IP6_RT_PRIO_USER).
+IPV6_DEFAULT_METRIC = 1024
+
+
+def _parse_destination(v: object) -> object:
+    if isinstance(v, (IPv4Network, IPv6Network)):
+        return v
+    if not isinstance(v, str):
+        raise ValueError(f'expected a prefix such as "198.51.100.0/24" or "default", got {_toml_type(v)}')
+    if v == "default":
+        return IPv4Network("0.0.0.0/0")
+    try:
+        return ip_network(v)
+    except ValueError as e:
+        if "host bits set" in str(e):
+            net = ip_network(v, strict=False)
+            raise ValueError(f"{_q(v)} has host bits set; the prefix is {_q(str(net))}") from None
+        raise ValueError(f'{_q(v)} is not a prefix such as "198.51.100.0/24", "2001:db8::/32" or "default"'
+                         ) from None
+
+
+def _parse_gateway(v: object) -> object:
+    if isinstance(v, (IPv4Address, IPv6Address)):
+        return v
+    if not isinstance(v, str):
+        raise ValueError(f'expected a gateway address such as "192.0.2.1", got {_toml_type(v)}')
+    try:
+        addr = ip_address(v)
+    except ValueError:
+        raise ValueError(f"{_q(v)} is not an IP address") from None
+    why = _not_unicast(addr)
+    if why is not None:
+        raise ValueError(f"{addr} {why}; a gateway must be a unicast address on the line")
+    return addr
+
+
+class LineRouteConfig(BaseModel):
+    """A route through one slave ([[slaves.<name>.routes]]), in the kernel
+    while the slave is attached to its equalizer and withdrawn with its detach."""
+
+    model_config = _STRICT
+    to: Annotated[IPNetwork, BeforeValidator(_parse_destination)]
+    via: Annotated[IPAddress | None, BeforeValidator(_parse_gateway)] = None
+    table: Annotated[int, Field(ge=1, le=4294967295), AfterValidator(_not_local_table)] = 254  # 254: main
+    metric: Annotated[int, Field(ge=0, le=4294967295)] = 0
+
+    @model_validator(mode="after")
+    def _same_family(self) -> LineRouteConfig:
+        if self.via is not None and self.via.version != self.to.version:
+            raise ValueError(f"via {self.via} is IPv{self.via.version} but to {self.to} is IPv{self.to.version}")
+        return self
+
+    @property
+    def kernel_metric(self) -> int:
+        """The metric as the kernel stores it: an IPv6 route's 0 becomes 1024."""
+        return IPV6_DEFAULT_METRIC if self.metric == 0 and self.to.version == 6 else self.metric
+
+    @property
+    def fib_key(self) -> tuple[int, str, int]:
+        """What makes two routes the same to the kernel (one of each per table)."""
+        return (self.table, str(self.to), self.kernel_metric)
+
+
+class LineRuleConfig(BaseModel):
+    """A policy rule for one slave ([[slaves.<name>.rules]]): traffic from
+    `from` looks up `table`. In the kernel while the slave is attached, like
+    its routes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=False)
+    source: Annotated[IPNetwork, BeforeValidator(_parse_destination), Field(alias="from")]
+    table: Annotated[int, Field(ge=1, le=4294967295), AfterValidator(_not_local_table)]
+    # pyroute2's and the lab's default; iproute2 would pick one below the lowest rule.
+    priority: Annotated[int, Field(ge=1, le=32765)] = 32000
+
+
+def _unique_rules(rules: tuple[LineRuleConfig, ...]) -> tuple[LineRuleConfig, ...]:
+    seen: dict[tuple[str, int, int], int] = {}
+    for i, r in enumerate(rules):
+        j = seen.setdefault((str(r.source), r.table, r.priority), i)
+        if j != i:
+            raise ValueError(f"rules[{i}] duplicates rules[{j}]")
+    return rules
+
+
+def _unique_routes(routes: tuple[LineRouteConfig, ...], info: ValidationInfo) -> tuple[LineRouteConfig, ...]:
+    # parse_config's cross-check (_route_clashes) reports these with paths, even beside other errors.
+    if (info.context or {}).get("cross_checked"):
+        return routes
+    seen: dict[tuple[int, str, int], int] = {}
+    for i, r in enumerate(routes):
+        j = seen.setdefault(r.fib_key, i)
+        if j != i:
+            raise ValueError(f"routes[{i}] (to {r.to}, table {r.table}, metric {r.metric}) duplicates routes[{j}]: "
+                             "the kernel holds one route per destination, table and metric")
+    return routes
+
+
+def _as_tuple(v: object) -> object:
+    # TOML arrays arrive as lists, which strict mode refuses for a tuple.
+    return tuple(v) if isinstance(v, list) else v
+
+
 class SlaveConfig(BaseModel):
     """Per-slave settings ([slaves.<name>]); both delays debounce carrier flaps."""
 
@@ -271,6 +414,13 @@ class SlaveConfig(BaseModel):
     damping: DampingConfig = DampingConfig()
     up_delay: Duration = 0.0  # carrier must stay up this long before re-slaving
     down_delay: Duration = 0.0  # carrier must stay down this long before detaching
+    routes: Annotated[tuple[LineRouteConfig, ...], BeforeValidator(_as_tuple), Field(max_length=256),
+                      AfterValidator(_unique_routes)] = ()
+    rules: Annotated[tuple[LineRuleConfig, ...], BeforeValidator(_as_tuple), Field(max_length=64),
+                     AfterValidator(_unique_rules)] = ()
+
+
+AllDown = Literal["withdraw", "unreachable", "blackhole"]
 
 
 class EqualizerConfig(BaseModel):
@@ -283,10 +433,16 @@ class EqualizerConfig(BaseModel):
                       Field(min_length=1),
                       AfterValidator(_no_duplicates)]
     address: Annotated[IPv4Interface | None, BeforeValidator(_parse_address)] = None
+    # The equalizer's IPv6 address; with it, the default route ::/0 dev teqlN
+    # is kept under the same rules as IPv4's (docs/caveats.md, IPv6).
+    address6: Annotated[IPv6Interface | None, BeforeValidator(_parse_address6)] = None
     default_route: bool = True
     route_metric: Annotated[int, Field(ge=0, le=4294967295)] = 0
     route_table: Annotated[int, Field(ge=1, le=4294967295), AfterValidator(_not_local_table)] = 254  # 254: main
     rp_filter: Annotated[int | None, BeforeValidator(_parse_rp_filter)] = 0  # None: unmanaged
+    # The default route when no slave is attached: none (a backup route takes
+    # over), or an unreachable or blackhole route in its place.
+    all_down: AllDown = "withdraw"
     # teql0's MTU follows its smallest slave; `mtu` caps it, `min_mtu` refuses
     # slaves below it, and `mtu_hold` is how long a small slave that left
     # keeps teql0's MTU down (a PPP redial must not make it flap).
@@ -382,6 +538,51 @@ def _cross_check(raw: dict[str, Any]) -> list[tuple[Loc, str]]:
     for name in (slave_tables if isinstance(slave_tables, dict) else ()):
         if name not in owner:
             found.append((("slaves", name), f"{_q(name)} is not a slave of any equalizer"))
+    found += _route_clashes(equalizers if isinstance(equalizers, dict) else {},
+                            slave_tables if isinstance(slave_tables, dict) else {}, owner)
+    return found
+
+
+def _raw_fib_key(route: object, v6_default: int = 0) -> tuple[int, str, int] | None:
+    """A raw [[slaves.X.routes]] item's (table, destination, metric), or None
+    if it is malformed (pydantic reports that)."""
+    if not isinstance(route, dict):
+        return None
+    table, metric = route.get("table", 254), route.get("metric", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (table, metric)):
+        return None
+    try:
+        dst = _parse_destination(route.get("to"))
+    except ValueError:
+        return None
+    assert isinstance(dst, (IPv4Network, IPv6Network))
+    if dst.version == 6 and metric == 0:
+        metric = IPV6_DEFAULT_METRIC
+    return (table, str(dst), metric)
+
+
+def _route_clashes(equalizers: dict[str, Any], slaves: dict[str, Any], owner: dict[str, str]) -> list[tuple[Loc, str]]:
+    """Per-line routes that the kernel would hold as one: the same destination,
+    table and metric on two slaves, or as an equalizer's default route."""
+    found: list[tuple[Loc, str]] = []
+    taken: dict[tuple[int, str, int], str] = {}
+    for eq, table in equalizers.items():
+        if isinstance(table, dict) and table.get("default_route", True) is True:
+            key = _raw_fib_key({"to": "default", "table": table.get("route_table", 254),
+                                "metric": table.get("route_metric", 0)})
+            if key is not None:
+                taken[key] = f"the default route of {_key(eq)}"
+    for name, slave in slaves.items():
+        routes = slave.get("routes") if isinstance(slave, dict) else None
+        for i, route in enumerate(routes if isinstance(routes, list) else ()):
+            key = _raw_fib_key(route)
+            if key is None:
+                continue
+            other = taken.setdefault(key, f"slaves.{_key(name)}.routes[{i}]")
+            if other != f"slaves.{_key(name)}.routes[{i}]":
+                found.append((("slaves", name, "routes", i),
+                              f"same destination, table and metric as {other}: the kernel holds one route "
+                              "per destination, table and metric; give one of them another metric"))
     return found
 
 

@@ -27,14 +27,23 @@ from .actions import (
     SetMtu,
     SetRpFilter,
 )
-from .config import Config, EqualizerConfig, ProbeConfig
+from .lineroutes import plan_line_routes, plan_line_rules, plan_stray_routes, plan_stray_rules
+from .config import IPV6_DEFAULT_METRIC, Config, EqualizerConfig, ProbeConfig
 from .observed import (
+    DEFAULT_DST,
+    DEFAULT_DST6,
     IFA_F_NOPREFIXROUTE,
     RT_SCOPE_LINK,
     RT_TABLE_MAIN,
+    RTN_BLACKHOLE,
+    RTN_UNICAST,
+    RTN_UNREACHABLE,
     RTPROT_KERNEL,
     TEQL_FLAGS,
+    IPNetwork,
     Link,
+    Route,
+    Rule,
     Snapshot,
     flag_names,
     teql_number,
@@ -92,6 +101,10 @@ class _Pass:
     # Devices the pass changes on purpose although what is wanted of them did
     # not change (a reopen re-adds the route it flushes): never drift.
     deliberate: set[str] = field(default_factory=set)
+    # Routes with wanbalanced's protocol that some planner wants kept; the
+    # others are withdrawn (plan_stray_routes).
+    kept_routes: set[Route] = field(default_factory=set)
+    kept_rules: set[Rule] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -198,16 +211,21 @@ class Core:
             if master is None:
                 continue
             after = new.equalizers.get(eq_name)
-            if before.address is not None and (after is None or after.address != before.address):
-                if any(a.interface == before.address for a in snap.addresses_of(master.index)):
-                    cleanup.append(DeleteAddress("address changed in the configuration", eq_name, master.index,
-                                                 before.address))
+            for key in ("address", "address6"):
+                old_address = getattr(before, key)
+                if old_address is not None and (after is None or getattr(after, key) != old_address):
+                    if any(a.interface == old_address for a in snap.addresses_of(master.index)):
+                        cleanup.append(DeleteAddress("address changed in the configuration", eq_name, master.index,
+                                                     old_address))
             route = (before.default_route, before.route_metric, before.route_table)
-            if before.default_route and (after is None or (after.default_route, after.route_metric,
-                                                             after.route_table) != route):
-                if snap.our_default_routes(master.index, before.route_metric, before.route_table):
+            changed = after is None or (after.default_route, after.route_metric, after.route_table) != route
+            for dst, metric, gone in ((DEFAULT_DST, before.route_metric, changed),
+                                      (DEFAULT_DST6, before.route_metric or IPV6_DEFAULT_METRIC,
+                                       changed or after is None or after.address6 is None)):
+                if before.default_route and gone and snap.our_default_routes(
+                        master.index, metric, before.route_table, dst.version):
                     cleanup.append(DeleteDefaultRoute("default route changed in the configuration", eq_name,
-                                                      master.index, before.route_metric, before.route_table))
+                                                      master.index, metric, before.route_table, dst=dst))
         self.slaves = books
         # A slave removed from the configuration is gone for good at once.
         self.mtu_holds = {(e, n): h for (e, n), h in self.mtu_holds.items()
@@ -365,6 +383,10 @@ class Core:
             self._plan_address(eq, eq.master, out)
             self._plan_connected_route(eq, eq.master, out)
             self._plan_default_route(eq, eq.master, out)
+            plan_line_routes(self.config, eq.name, eq.attached, snap, out.actions, out.wants, out.kept_routes)
+            plan_line_rules(self.config, eq.name, eq.attached, snap, out.actions, out.wants, out.kept_rules)
+        plan_stray_routes(snap, out.kept_routes, out.actions)
+        plan_stray_rules(self.config, snap, out.kept_rules, out.actions)
         return out
 
     # -- one planner per managed property ------------------------------------------
@@ -495,12 +517,14 @@ class Core:
             out.actions.append(SetMtu(f"{verb} to {want}: {why}", eq.name, master.index, want))
 
     def _plan_address(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
-        address = eq.config.address
-        if address is None:
+        wanted = [a for a in (eq.config.address, eq.config.address6) if a is not None]
+        if not wanted:
             return
-        out.wants[("address", eq.name)] = (master.index, str(address))
-        if not any(a.interface == address for a in eq.snap.addresses_of(master.index)):
-            out.actions.append(AddAddress("configured address missing", eq.name, master.index, address))
+        out.wants[("address", eq.name)] = (master.index, *map(str, wanted))
+        have = {a.interface for a in eq.snap.addresses_of(master.index)}
+        for address in wanted:
+            if address not in have:
+                out.actions.append(AddAddress("configured address missing", eq.name, master.index, address))
 
     def _plan_connected_route(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
         address = eq.config.address
@@ -526,32 +550,59 @@ class Core:
             ))
 
     def _plan_default_route(self, eq: _Equalizer, master: Link, out: _Pass) -> None:
+        """The default route through the equalizer while a slave is attached;
+        with none, no route (`all_down = "withdraw"`: a backup route takes
+        over) or an unreachable or blackhole one of the same metric and table,
+        which a single replace swaps with the equalizer's. The same for IPv6
+        (::/0) when the equalizer has an `address6`."""
         cfg = eq.config
         if not cfg.default_route:
             return
-        out.wants[("route", eq.name)] = (master.index, eq.wanted, cfg.route_metric, cfg.route_table)
-        defaults = eq.snap.default_routes(cfg.route_table)
-        ours = eq.snap.our_default_routes(master.index, cfg.route_metric, cfg.route_table)
-        if eq.reopening:  # setting the device down flushes the routes through it
-            defaults, ours = [r for r in defaults if r.oif != master.index], []
+        out.wants[("route", eq.name)] = (master.index, eq.wanted, cfg.route_metric, cfg.route_table, cfg.all_down,
+                                         cfg.address6 is not None)
+        self._plan_default_route_of(eq, master, out, DEFAULT_DST, cfg.route_metric)
+        if cfg.address6 is not None:
+            # The kernel stores an IPv6 route's metric 0 as 1024.
+            self._plan_default_route_of(eq, master, out, DEFAULT_DST6, cfg.route_metric or IPV6_DEFAULT_METRIC)
+
+    def _plan_default_route_of(self, eq: _Equalizer, master: Link, out: _Pass, dst: IPNetwork, metric: int) -> None:
+        cfg = eq.config
+        version = dst.version
+        defaults = [r for r in eq.snap.default_routes(cfg.route_table, version) if r.priority == metric]
+        ours = eq.snap.our_default_routes(master.index, metric, cfg.route_table, version)
+        stand_in = _ALL_DOWN_TYPES[cfg.all_down]
+        standing = [r for r in defaults if r.ours and r.type != RTN_UNICAST]
         want = bool(eq.attached) and eq.master_up
-        if want and not ours:
-            if any(r.priority == cfg.route_metric for r in defaults):
-                out.faults.append(Fault(
-                    "route_clash", eq.name,
-                    f"{eq.name}: another default route has metric {cfg.route_metric} in table "
-                    f"{cfg.route_table}; wanbalanced will not replace it: give it a higher metric "
-                    f"or set equalizers.{eq.name}.route_metric",
+        kind = RTN_UNICAST if want else stand_in
+        # Whatever stands at the route's place goes with the replace below.
+        out.kept_routes.update(ours + standing if kind is not None else [])
+        if eq.reopening:  # setting the device down flushes the routes through it: add ours again
+            defaults, ours = [r for r in defaults if r.oif != master.index], []
+        if kind is None:
+            if ours:
+                out.actions.append(DeleteDefaultRoute(
+                    "no slave attached", eq.name, master.index, metric, cfg.route_table, dst=dst,
                 ))
-            else:
-                out.actions.append(ReplaceDefaultRoute(
-                    f"{len(eq.attached)} slave(s) attached", eq.name, master.index, cfg.route_metric,
-                    cfg.route_table,
-                ))
-        elif not want and ours:
-            out.actions.append(DeleteDefaultRoute(
-                "no slave attached", eq.name, master.index, cfg.route_metric, cfg.route_table,
+            return  # a stand-in left by other settings is a stray: withdrawn
+        have = ours if kind == RTN_UNICAST else [r for r in standing if r.type == kind]
+        if have and all(r.ours for r in have):
+            return
+        # Another equalizer's route at the same place is someone else's too.
+        theirs = [r for r in defaults if r not in ours and r not in standing]
+        if theirs:
+            out.faults.append(Fault(
+                "route_clash", eq.name,
+                f"{eq.name}: another {'IPv6 ' if version == 6 else ''}default route has metric {metric} in table "
+                f"{cfg.route_table}; wanbalanced will not replace it: give it a higher metric "
+                f"or set equalizers.{eq.name}.route_metric",
             ))
+            return
+        why = f"{len(eq.attached)} slave(s) attached" if want else f"no slave attached (all_down = {cfg.all_down})"
+        if have:
+            # Made by hand or by a version before the protocol number: one
+            # replace makes it ours, then restarts write nothing.
+            why = f"adopting the route (proto {have[0].proto}) as wanbalanced's"
+        out.actions.append(ReplaceDefaultRoute(why, eq.name, master.index, metric, cfg.route_table, kind, dst))
 
     def _missing_equalizer(self, eq_name: str, snap: Snapshot) -> Fault:
         need = max(teql_number(n) or 0 for n in self.config.equalizers) + 1
@@ -568,6 +619,12 @@ class Core:
             f"set `options sch_teql max_equalizers={need}` in /etc/modprobe.d/wanbalanced.conf "
             "and reload the module (rmmod sch_teql && modprobe sch_teql)",
         )
+
+
+#: The route that stands in for the equalizer's default route while no slave
+#: is attached, by `all_down`; None: none.
+_ALL_DOWN_TYPES: dict[str, int | None] = {"withdraw": None, "unreachable": RTN_UNREACHABLE,
+                                          "blackhole": RTN_BLACKHOLE}
 
 
 def _rp_reason(link: Link) -> str:

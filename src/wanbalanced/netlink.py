@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
 from typing import Any, TypeVar
 
 from . import _pyroute2  # noqa: F401 - first: pyroute2 without its package __init__
@@ -28,6 +28,10 @@ from pyroute2.netlink.rtnl import (
     RTM_GETROUTE,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV4_RULE,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_IPV6_ROUTE,
+    RTMGRP_IPV6_RULE,
     RTMGRP_LINK,
     RTMGRP_TC,
 )
@@ -36,13 +40,18 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from .actions import Action
 from .observed import (
     DEFAULT_DST,
+    DEFAULT_DST6,
     IFF_LOWER_UP,
+    RTN_NAMES,
     RTN_UNICAST,
+    RTPROT_WANBALANCED,
+    IPNetwork,
     Address,
     Link,
     LinkStats,
     Qdisc,
     Route,
+    Rule,
     Snapshot,
     is_teql_name,
 )
@@ -59,8 +68,10 @@ RTM_NEWNETCONF = 80
 NETCONFA_IFINDEX_ALL = -1
 NLM_F_DUMP_INTR = 0x10
 DUMP_RETRIES = 5
-GROUPS = (RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+GROUPS = (RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+          | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE
           | 1 << (RTNLGRP_IPV4_NETCONF - 1))
+FAMILIES = (socket.AF_INET, socket.AF_INET6)
 PROC_CONF = "/proc/sys/net/ipv4/conf"
 # Room for an event storm: thousands of flaps queue here rather than overrun.
 RCVBUF = DEFAULT_NETLINK_RCVBUF
@@ -134,7 +145,7 @@ def parse_root_qdisc(msg: Msg) -> tuple[int, Qdisc] | None:
 
 
 def parse_address(msg: Msg) -> Address | None:
-    if msg["family"] != socket.AF_INET:
+    if msg["family"] not in (socket.AF_INET, socket.AF_INET6):
         return None
     local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
     if local is None:
@@ -142,26 +153,45 @@ def parse_address(msg: Msg) -> Address | None:
     flags = msg.get_attr("IFA_FLAGS")
     return Address(
         index=int(msg["index"]),
-        interface=IPv4Interface(f"{local}/{msg['prefixlen']}"),
+        interface=ip_interface(f"{local}/{msg['prefixlen']}"),
         flags=int(flags if flags is not None else msg["flags"]),
     )
 
 
 def parse_route(msg: Msg) -> Route | None:
-    if msg["family"] != socket.AF_INET or msg["type"] != RTN_UNICAST:
+    """A unicast route, or an unreachable/blackhole one of wanbalanced's own;
+    None for anything else."""
+    family, proto, rtype = msg["family"], int(msg["proto"]), msg["type"]
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    if rtype != RTN_UNICAST and not (proto == RTPROT_WANBALANCED and rtype in RTN_NAMES):
         return None
     dst = msg.get_attr("RTA_DST")
     table = msg.get_attr("RTA_TABLE")
+    default = DEFAULT_DST if family == socket.AF_INET else DEFAULT_DST6
     return Route(
         table=int(table if table is not None else msg["table"]),
-        dst=IPv4Network(f"{dst}/{msg['dst_len']}") if dst else DEFAULT_DST,
+        dst=ip_network(f"{dst}/{msg['dst_len']}") if dst else default,
         priority=int(msg.get_attr("RTA_PRIORITY") or 0),
         oif=msg.get_attr("RTA_OIF"),  # None for multipath routes
         gateway=msg.get_attr("RTA_GATEWAY"),
-        proto=int(msg["proto"]),
+        proto=proto,
         scope=int(msg["scope"]),
         tos=int(msg["tos"]),
+        type=int(rtype),
     )
+
+
+def parse_rule(msg: Msg) -> Rule | None:
+    """One of wanbalanced's policy rules (FRA_PROTOCOL 119); None for any other."""
+    if msg["family"] not in (socket.AF_INET, socket.AF_INET6) or msg.get_attr("FRA_PROTOCOL") != RTPROT_WANBALANCED:
+        return None
+    src = msg.get_attr("FRA_SRC")
+    table = msg.get_attr("FRA_TABLE")
+    default = DEFAULT_DST if msg["family"] == socket.AF_INET else DEFAULT_DST6
+    return Rule(src=ip_network(f"{src}/{msg['src_len']}") if src else default,
+                table=int(table if table is not None else msg["table"]),
+                priority=int(msg.get_attr("FRA_PRIORITY") or 0))
 
 
 def apply_event(snap: Snapshot, msg: Msg) -> bool:
@@ -205,6 +235,11 @@ def apply_event(snap: Snapshot, msg: Msg) -> bool:
             snap.all_rp_filter = int(rp)
         else:
             snap.set_rp_filter(int(index), int(rp))
+    elif event in ("RTM_NEWRULE", "RTM_DELRULE"):
+        rule = parse_rule(msg)
+        if rule is None:
+            return False
+        (snap.rules.add if event == "RTM_NEWRULE" else snap.rules.discard)(rule)
     elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
         route = parse_route(msg)
         if route is None:
@@ -222,6 +257,21 @@ def expect(snap: Snapshot, action: Action) -> None:
     """Apply the known effect of a successful write before its event arrives,
     so the next plan does not ask for it again (each action knows its own)."""
     action.expect(snap)
+
+
+def _family(dst: IPNetwork) -> int:
+    return socket.AF_INET if dst.version == 4 else socket.AF_INET6
+
+
+def _route_spec(route: Route) -> dict[str, Any]:
+    """pyroute2's keywords for a route's identity (table, destination,
+    metric, device). The family is explicit: pyroute2 cannot tell it from a
+    default destination."""
+    spec: dict[str, Any] = {"dst": route.dst.with_prefixlen, "family": _family(route.dst), "table": route.table,
+                            "priority": route.priority}
+    if route.oif is not None:
+        spec["oif"] = route.oif
+    return spec
 
 
 # -- sysctl (there is no netlink write for it) -----------------------------------
@@ -332,13 +382,16 @@ class Kernel:
         """Every link, with fresh counters (the kernel sends no event for those)."""
         return await self._collect("link", lambda: self._req.link("dump"), parse_link)
 
-    async def _route_dump(self, table: int = 0, oif: int | None = None) -> AsyncIterator[Msg]:
-        """Start an IPv4 route dump; with strict checking the kernel sends only
-        the routes of `table` (0: all) out of `oif` (None: any). Routes the
-        snapshot would not keep come back as nlguard.Skipped, never decoded."""
+    async def _route_dump(self, family: int, table: int = 0, oif: int | None = None,
+                          proto: int = 0) -> AsyncIterator[Msg]:
+        """Start a route dump of one family; with strict checking the kernel
+        sends only the routes of `table` (0: all) out of `oif` (None: any)
+        with protocol `proto` (0: any). Routes the snapshot would not keep
+        come back as nlguard.Skipped, never decoded."""
         msg = rtmsg()
-        msg["family"] = socket.AF_INET
+        msg["family"] = family
         if self.strict:
+            msg["proto"] = proto
             msg["attrs"] = ([("RTA_TABLE", table)] if table else []) + ([("RTA_OIF", oif)] if oif else [])
         marshal = self._req.marshal
         assert isinstance(marshal, GuardedMarshal)
@@ -348,22 +401,28 @@ class Kernel:
         return request.response()  # type: ignore[no-any-return]
 
     async def dump_routes(self, route_tables: Collection[int] | None = None) -> list[Route]:
-        """The routes the snapshot keeps: those out of a teqlN device (in any
-        table) and the default routes of `route_tables` (None: of every table).
-        With strict checking the kernel filters, so a full BGP table in
-        another table costs nothing; in a dumped table each unrelated route
-        costs a look at its raw bytes."""
-        if not self.strict or route_tables is None:
-            return await self._collect("route", self._route_dump, parse_route)
+        """The routes the snapshot keeps, of both families: those out of a
+        teqlN device (in any table), wanbalanced's own (by protocol, in any
+        table) and the default routes of `route_tables` (None: of every
+        table). With strict checking the kernel filters, so a full BGP table
+        in another table costs nothing; in a dumped table each unrelated
+        route costs a look at its raw bytes."""
         routes: list[Route] = []
-        for index in sorted(self.teql):
-            routes += await self._collect("route", lambda: self._route_dump(oif=index), parse_route)
-        for table in sorted(route_tables):
-            try:
-                routes += await self._collect("route", lambda: self._route_dump(table=table), parse_route)
-            except NetlinkError as e:
-                if e.code != errno.ENOENT:  # the table does not exist (yet): no route in it
-                    raise
+        for family in FAMILIES:
+            def dump(**kw: int) -> Callable[[], Awaitable[AsyncIterator[Msg]]]:
+                return lambda: self._route_dump(family, **kw)
+            if not self.strict or route_tables is None:
+                routes += await self._collect("route", dump(), parse_route)
+                continue
+            for index in sorted(self.teql):
+                routes += await self._collect("route", dump(oif=index), parse_route)
+            routes += await self._collect("route", dump(proto=RTPROT_WANBALANCED), parse_route)
+            for table in sorted(route_tables):
+                try:
+                    routes += await self._collect("route", dump(table=table), parse_route)
+                except NetlinkError as e:
+                    if e.code != errno.ENOENT:  # the table does not exist (yet): no route in it
+                        raise
         return routes
 
     async def dump(self, route_tables: Collection[int] | None = None) -> Snapshot:
@@ -377,11 +436,13 @@ class Kernel:
         self.teql.update(i for i, link in snap.links.items() if is_teql_name(link.name))
         for index, qdisc in await self._collect("qdisc", lambda: r.get_qdiscs(), parse_root_qdisc):
             snap.put_qdisc(index, qdisc)
-        for address in await self._collect("address", lambda: r.addr("dump", family=socket.AF_INET),
-                                           parse_address):
-            snap.put_address(address)
+        for family in FAMILIES:
+            for address in await self._collect("address", lambda: r.addr("dump", family=family), parse_address):
+                snap.put_address(address)
         for route in await self.dump_routes(route_tables):
             snap.put_route(route)
+        for family in FAMILIES:
+            snap.rules.update(await self._collect("rule", lambda: r.rule("dump", family=family), parse_rule))
         snap.all_rp_filter = read_rp_filter("all")
         return snap
 
@@ -427,20 +488,47 @@ class Kernel:
     async def set_mtu(self, index: int, mtu: int) -> None:
         await self._req.link("set", index=index, mtu=mtu)
 
-    async def add_address(self, index: int, address: IPv4Interface, flags: int) -> None:
+    async def add_address(self, index: int, address: IPv4Interface | IPv6Interface, flags: int) -> None:
         await self._req.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
                              flags=flags)
 
-    async def delete_address(self, index: int, address: IPv4Interface) -> None:
+    async def delete_address(self, index: int, address: IPv4Interface | IPv6Interface) -> None:
         await self._req.addr("del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
 
-    async def replace_route(self, dst: IPv4Network, index: int, metric: int, table: int) -> None:
-        await self._req.route("replace", dst=dst.with_prefixlen, oif=index, priority=metric, table=table)
+    async def put_route(self, route: Route, replace: bool) -> None:
+        spec = _route_spec(route)
+        if route.gateway is not None:
+            spec["gateway"] = route.gateway
+        await self._req.route("replace" if replace else "add", proto=RTPROT_WANBALANCED, scope=route.scope,
+                              type=route.type, **spec)
 
-    async def delete_route(self, dst: IPv4Network, index: int, table: int, *, metric: int | None = None,
+    async def delete_own_route(self, route: Route) -> None:
+        spec = _route_spec(route)
+        if route.gateway is not None:
+            spec["gateway"] = route.gateway
+        # The scope is matched too (rtm_scope 0 matches universe only), as are
+        # the type and the protocol: only the route wanbalanced made goes.
+        await self._req.route("del", proto=RTPROT_WANBALANCED, type=route.type, scope=route.scope, **spec)
+
+    async def delete_route(self, dst: IPNetwork, index: int, table: int, *, metric: int | None = None,
                            proto: int | None = None, scope: int | None = None) -> None:
         match = {k: v for k, v in (("priority", metric), ("proto", proto), ("scope", scope)) if v is not None}
-        await self._req.route("del", dst=dst.with_prefixlen, oif=index, table=table, **match)
+        await self._req.route("del", dst=dst.with_prefixlen, oif=index, table=table,
+                              family=_family(dst), **match)
 
     async def set_rp_filter(self, name: str, value: int) -> None:
         write_rp_filter(name, value)  # a sysctl: no netlink write exists
+
+    def _rule_spec(self, rule: Rule) -> dict[str, Any]:
+        # The priority always: pyroute2 would put its own default (32000) in its place.
+        spec: dict[str, Any] = {"family": _family(rule.src), "table": rule.table, "priority": rule.priority,
+                                "protocol": RTPROT_WANBALANCED}
+        if rule.src.prefixlen:
+            spec.update(src=str(rule.src.network_address), src_len=rule.src.prefixlen)
+        return spec
+
+    async def add_rule(self, rule: Rule) -> None:
+        await self._req.rule("add", **self._rule_spec(rule))
+
+    async def delete_rule(self, rule: Rule) -> None:
+        await self._req.rule("del", **self._rule_spec(rule))

@@ -9,8 +9,9 @@
   dropped, never raised into the reader (`GuardedMarshal`).
 * Routes are screened on their raw bytes before decoding, which costs ~150 µs
   and ~4 KB a route in pyroute2: only the routes the snapshot keeps
-  (`Snapshot.wants_route`: a default route outside the local table, or a route
-  out of a teqlN device) are decoded (`route_wanted`).
+  (`Snapshot.wants_route`: a default route outside the local table, a route
+  out of a teqlN device, or one of wanbalanced's own) are decoded
+  (`route_wanted`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import _pyroute2  # noqa: F401 - first: pyroute2 without its package __in
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_DELROUTE, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from .observed import RT_TABLE_LOCAL, RTN_UNICAST, is_teql_name
+from .observed import RT_TABLE_LOCAL, RTN_NAMES, RTN_UNICAST, RTPROT_WANBALANCED, is_teql_name
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,18 @@ _RT_ATTRS = NLMSG_HDR.size + RTMSG.size
 
 def route_wanted(data: bytes, offset: int, length: int, teql: Collection[int]) -> bool:
     """Whether the route message at `offset` is one the snapshot keeps, read
-    from its header and attributes without decoding it: IPv4 unicast, not in
-    the local table, and a default route or one out of an ifindex in `teql`.
+    from its header and attributes without decoding it: IPv4 or IPv6, not in
+    the local table, and a unicast default route, a unicast route out of an
+    ifindex in `teql`, or any route with wanbalanced's protocol number.
     A message too short to tell is let through, for the decoder to judge."""
     end = offset + length
     if length < _RT_ATTRS or end > len(data):
         return True
-    family, dst_len, _src, _tos, table, _proto, _scope, rtype, _flags = RTMSG.unpack_from(data, offset + NLMSG_HDR.size)
-    if family != socket.AF_INET or rtype != RTN_UNICAST:
+    family, dst_len, _src, _tos, table, proto, _scope, rtype, _flags = RTMSG.unpack_from(data, offset + NLMSG_HDR.size)
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    ours = proto == RTPROT_WANBALANCED and rtype in RTN_NAMES
+    if rtype != RTN_UNICAST and not ours:
         return False
     oif = None
     cursor = offset + _RT_ATTRS
@@ -62,7 +67,7 @@ def route_wanted(data: bytes, offset: int, length: int, teql: Collection[int]) -
         cursor += (rta_len + 3) & ~3
     if table == RT_TABLE_LOCAL:
         return False
-    return dst_len == 0 or (oif is not None and oif in teql)
+    return ours or dst_len == 0 or (oif is not None and oif in teql)
 
 
 class Counts:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 # Interface flags from <linux/if.h>.
 IFF_UP = 0x1
@@ -36,14 +36,27 @@ def flag_names(flags: int) -> str:
     return ",".join(names) or "none"
 
 
-# Address flag: the kernel adds no prefix (connected) route for the address.
+# Address flags: the kernel adds no prefix (connected) route for the address;
+# an IPv6 address is usable at once, without duplicate address detection.
 IFA_F_NOPREFIXROUTE = 0x200
+IFA_F_NODAD = 0x02
 
 RT_TABLE_MAIN = 254
 RT_TABLE_LOCAL = 255
 RTPROT_KERNEL = 2
+RTPROT_BOOT = 3  # iproute2's default: routes added by hand
+RTPROT_STATIC = 4  # pyroute2's default: the proto of the default routes older versions made
+#: The rtnetlink protocol of every route wanbalanced makes: what says "ours".
+#: Not among the numbers Linux's rtnetlink.h or iproute2's rt_protos assign
+#: (packaging/rt_protos.d/wanbalanced.conf names it for `ip route`).
+RTPROT_WANBALANCED = 119
+RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
+RTN_UNREACHABLE = 7
+#: The route types wanbalanced makes, by the name `ip route` gives them.
+RTN_NAMES = {RTN_UNICAST: "unicast", RTN_BLACKHOLE: "blackhole", RTN_UNREACHABLE: "unreachable"}
 
 
 @dataclass(frozen=True)
@@ -103,37 +116,58 @@ class Link:
 
 @dataclass(frozen=True)
 class Address:
-    """An IPv4 address on a device."""
+    """An IPv4 or IPv6 address on a device."""
 
     index: int
-    interface: IPv4Interface
+    interface: IPv4Interface | IPv6Interface
     flags: int = 0
+
+
+IPNetwork = IPv4Network | IPv6Network
 
 
 @dataclass(frozen=True)
 class Route:
-    """An IPv4 unicast route; only the fields wanbalanced reasons about."""
+    """A unicast route (or one of wanbalanced's unreachable and blackhole
+    ones); only the fields wanbalanced reasons about."""
 
     table: int
-    dst: IPv4Network
+    dst: IPNetwork
     priority: int
     oif: int | None
     gateway: str | None = None
     proto: int = 0
     scope: int = 0
     tos: int = 0
+    type: int = RTN_UNICAST
 
     @property
-    def fib_key(self) -> tuple[int, IPv4Network, int, int]:
+    def fib_key(self) -> tuple[int, IPNetwork, int, int]:
         """What the kernel's FIB considers the same route for `replace`."""
         return (self.table, self.dst, self.priority, self.tos)
+
+    @property
+    def ours(self) -> bool:
+        """Made by wanbalanced (see RTPROT_WANBALANCED)."""
+        return self.proto == RTPROT_WANBALANCED
 
     @property
     def is_default(self) -> bool:
         return self.dst.prefixlen == 0
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A policy rule of wanbalanced's (FRA_PROTOCOL 119): from `src`, look up `table`."""
+
+    src: IPNetwork
+    table: int
+    priority: int
+    proto: int = RTPROT_WANBALANCED
+
+
 DEFAULT_DST = IPv4Network("0.0.0.0/0")
+DEFAULT_DST6 = IPv6Network("::/0")
 
 
 @dataclass
@@ -147,6 +181,7 @@ class Snapshot:
     links: dict[int, Link] = field(default_factory=dict)
     addresses: set[Address] = field(default_factory=set)
     routes: set[Route] = field(default_factory=set)
+    rules: set[Rule] = field(default_factory=set)  # ours only (FRA_PROTOCOL 119)
     # net.ipv4.conf.all.rp_filter: the effective value is max(all, device).
     all_rp_filter: int | None = None
     # name -> ifindex, kept by put_link and drop_link: the core looks devices
@@ -167,13 +202,21 @@ class Snapshot:
     def routes_via(self, index: int) -> list[Route]:
         return [r for r in self.routes if r.oif == index]
 
-    def default_routes(self, table: int) -> list[Route]:
-        return [r for r in self.routes if r.table == table and r.is_default]
+    def default_routes(self, table: int, version: int = 4) -> list[Route]:
+        """The default routes of one IP version in `table`."""
+        return [r for r in self.routes if r.table == table and r.is_default and r.dst.version == version]
 
-    def our_default_routes(self, index: int, metric: int, table: int) -> list[Route]:
+    def our_default_routes(self, index: int, metric: int, table: int, version: int = 4) -> list[Route]:
         """The default routes wanbalanced keeps: through the device, without a
-        gateway, with that metric in that table."""
-        return [r for r in self.default_routes(table) if r.oif == index and r.priority == metric and r.gateway is None]
+        gateway, with that metric in that table. Any protocol: one made by
+        hand (the seed's) or by an older wanbalanced (proto static) through
+        the equalizer is adopted (see core._plan_default_route)."""
+        return [r for r in self.default_routes(table, version)
+                if r.oif == index and r.priority == metric and r.gateway is None and r.type == RTN_UNICAST]
+
+    def our_routes(self) -> list[Route]:
+        """Every route that carries wanbalanced's protocol number."""
+        return [r for r in self.routes if r.ours]
 
     # -- updates, from events or from our own successful writes --------------
 
@@ -241,7 +284,7 @@ class Snapshot:
         """Whether a route is of interest (and so kept in the cache)."""
         if route.table == RT_TABLE_LOCAL:
             return False
-        if route.is_default:
+        if route.is_default or route.ours:
             return True
         link = self.links.get(route.oif) if route.oif is not None else None
         return link is not None and is_teql_name(link.name)
@@ -256,7 +299,7 @@ class Snapshot:
     def drop_route(self, route: Route) -> None:
         self.routes = {
             r for r in self.routes
-            if (r.fib_key, r.oif, r.gateway) != (route.fib_key, route.oif, route.gateway)
+            if (r.fib_key, r.oif, r.gateway, r.type) != (route.fib_key, route.oif, route.gateway, route.type)
         }
 
 

@@ -25,6 +25,15 @@ wakes the daemon or fills the socket's queue ahead of a true reply. Of what
 passes, identifier, sequence and source are compared before the payload, and
 the checksum is computed last.
 
+IPv6 targets get ICMPv6 echo on a second raw socket (IPPROTO_ICMPV6), bound
+the same way, with the same identifier. It differs in three ways: the kernel
+computes and verifies the checksum (it covers a pseudo-header); the socket
+delivers the ICMPv6 message without its IP header, so the BPF filter reads
+type and identifier at offsets 0 and 4 and the source comes from recvfrom;
+and the kernel makes no on-link guess for a global target with no route out
+of the slave (ENETUNREACH), so the far end's link-local address is the
+target of choice (reached on the bound device).
+
 Probers with the same interval keep their rounds on one grid of the loop's
 clock (multiples of the interval), so that the event loop sends every
 slave's round, and judges every round that times out, in one wake-up rather
@@ -47,13 +56,16 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from typing import NamedTuple
 
-__all__ = ["EchoReply", "ProbeSettings", "Prober", "RoundResult", "attach_filter", "build_echo", "checksum_ok",
-           "echo_reply_filter", "open_socket", "parse_echo_reply"]
+__all__ = ["EchoReply", "ProbeSettings", "Prober", "RoundResult", "attach_filter", "build_echo", "build_echo6",
+           "checksum_ok", "echo6_reply_filter", "echo_reply_filter", "open_socket", "parse_echo6_reply",
+           "parse_echo_reply"]
 
 ICMP_ECHOREPLY, ICMP_ECHO = 0, 8
+ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
+ICMP6_FILTER = 1  # linux/icmpv6.h, at level IPPROTO_ICMPV6: a bitmap of the types the socket blocks
 MAGIC = b"wanb"  # marks our payloads in a capture
 NONCE_SIZE = 16  # random bytes per echo: a forger must guess 128 bits
 SOL_RAW, ICMP_FILTER = 255, 1  # linux/icmp.h: a mask of the ICMP types the socket drops
@@ -69,19 +81,24 @@ class ProbeSettings:
     """How one slave is probed. The configuration ([slaves.<name>.probe]) has
     already been validated; this only refuses settings that cannot work."""
 
-    targets: tuple[str, ...]        # IPv4 addresses
+    targets: tuple[str, ...]        # IPv4 or IPv6 addresses (IPv6: ICMPv6 echo)
     interval: float                 # seconds between rounds
     timeout: float                  # a reply later than this after its request counts as lost
     min_targets: int = 1            # a round is good when at least this many targets answered in time
     max_rtt: float | None = None    # a reply slower than this counts as lost (latency threshold)
-    source: str | None = None       # bind to this source address
+    source: str | None = None       # bind the IPv4 socket to this source address
 
     def __post_init__(self) -> None:
-        for address in (*self.targets, *([self.source] if self.source is not None else [])):
+        for address in self.targets:
             try:
-                IPv4Address(address)
+                ip_address(address)
             except ValueError as e:
-                raise ValueError(f"not an IPv4 address: {address!r}") from e
+                raise ValueError(f"not an IP address: {address!r}") from e
+        if self.source is not None:
+            try:
+                IPv4Address(self.source)
+            except ValueError as e:
+                raise ValueError(f"not an IPv4 address: {self.source!r}") from e
         if not self.targets or len(set(self.targets)) != len(self.targets):
             raise ValueError(f"targets must be distinct and not empty: {self.targets}")
         if not 1 <= self.min_targets <= len(self.targets):
@@ -155,6 +172,12 @@ def build_echo(ident: int, seq: int, payload: bytes) -> bytes:
                        seq & 0xFFFF) + payload
 
 
+def build_echo6(ident: int, seq: int, payload: bytes) -> bytes:
+    """An ICMPv6 echo request with a zero checksum: on a raw ICMPv6 socket the
+    kernel always computes it (it covers a pseudo-header the kernel writes)."""
+    return struct.pack("!BBHHH", ICMPV6_ECHO_REQUEST, 0, 0, ident & 0xFFFF, seq & 0xFFFF) + payload
+
+
 class EchoReply(NamedTuple):
     """An ICMP echo reply as parsed by `parse_echo_reply`: its checksum is not
     verified yet (see `checksum_ok`)."""
@@ -183,6 +206,16 @@ def parse_echo_reply(packet: bytes) -> EchoReply | None:
     return EchoReply(socket.inet_ntoa(packet[12:16]), ident, seq, icmp)
 
 
+def parse_echo6_reply(message: bytes, source: str) -> EchoReply | None:
+    """The ICMPv6 echo reply a raw ICMPv6 socket received: the message itself,
+    no IP header (the source comes from recvfrom). The kernel has verified its
+    checksum already (it drops ICMPv6 with a bad one before any raw socket)."""
+    if len(message) < 8 or message[0] != ICMPV6_ECHO_REPLY or message[1] != 0:
+        return None
+    ident, seq = struct.unpack_from("!HH", message, 4)
+    return EchoReply(source.split("%", 1)[0], ident, seq, message)
+
+
 def checksum_ok(message: bytes) -> bool:
     """True if the ICMP message carries a valid Internet checksum."""
     return _checksum(message) == 0
@@ -198,7 +231,7 @@ def checksum_ok(message: bytes) -> bool:
 # bytes to keep: 0 drops the packet before it is queued on the socket.
 _BPF_LD, _BPF_LDX, _BPF_JMP, _BPF_RET = 0x00, 0x01, 0x05, 0x06  # classes
 _BPF_H, _BPF_B = 0x08, 0x10                                     # sizes: half word, byte
-_BPF_IND, _BPF_MSH = 0x40, 0xA0                                 # modes: P[X + k], 4 * (P[k] & 0xf)
+_BPF_ABS, _BPF_IND, _BPF_MSH = 0x20, 0x40, 0xA0                 # modes: P[k], P[X + k], 4 * (P[k] & 0xf)
 _BPF_JEQ, _BPF_K = 0x10, 0x00                                   # jump if A == k; k is the operand
 _SOCK_FILTER = struct.Struct("=HBBI")
 
@@ -222,6 +255,21 @@ def echo_reply_filter(ident: int) -> bytes:
     return b"".join(_SOCK_FILTER.pack(*insn) for insn in program)
 
 
+def echo6_reply_filter(ident: int) -> bytes:
+    """The same for a raw ICMPv6 socket, whose filter sees the ICMPv6 message
+    from its first byte (no IP header): echo reply (type 129, code 0) with
+    identifier `ident`."""
+    program = [
+        (_BPF_LD | _BPF_H | _BPF_ABS, 0, 0, 0),                          # A = type and code
+        (_BPF_JMP | _BPF_JEQ | _BPF_K, 0, 3, ICMPV6_ECHO_REPLY << 8),    # else drop
+        (_BPF_LD | _BPF_H | _BPF_ABS, 0, 0, 4),                          # A = the identifier
+        (_BPF_JMP | _BPF_JEQ | _BPF_K, 0, 1, ident & 0xFFFF),            # else drop
+        (_BPF_RET | _BPF_K, 0, 0, 0xFFFFFFFF),
+        (_BPF_RET | _BPF_K, 0, 0, 0),
+    ]
+    return b"".join(_SOCK_FILTER.pack(*insn) for insn in program)
+
+
 def attach_filter(sock: socket.socket, program: bytes) -> None:
     """Attach a classic BPF program (an array of struct sock_filter) to the
     socket (SO_ATTACH_FILTER). Raises OSError if the kernel refuses it."""
@@ -237,28 +285,38 @@ def attach_filter(sock: socket.socket, program: bytes) -> None:
 # -- the socket ----------------------------------------------------------------
 
 
-def open_socket(slave: str, ident: int, source: str | None = None) -> socket.socket:
-    """A raw ICMP socket bound to `slave` (and to `source`, if given) that
-    receives only echo replies with identifier `ident`.
+def open_socket(slave: str, ident: int, source: str | None = None,
+                family: socket.AddressFamily = socket.AF_INET) -> socket.socket:
+    """A raw ICMP (or, for AF_INET6, ICMPv6) socket bound to `slave` (and to
+    the IPv4 `source`, if given) that receives only echo replies with
+    identifier `ident`.
 
     Raises OSError naming the slave and what failed."""
+    v6 = family == socket.AF_INET6
+    what = "ICMPv6" if v6 else "ICMP"
     try:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
     except OSError as e:
         hint = " (needs CAP_NET_RAW)" if e.errno in (errno.EPERM, errno.EACCES) else ""
-        raise OSError(e.errno, f"{slave}: cannot open a raw ICMP socket: {e.strerror}{hint}") from e
+        raise OSError(e.errno, f"{slave}: cannot open a raw {what} socket: {e.strerror}{hint}") from e
     try:
         # The filter first, so that the socket's queue holds almost nothing foreign.
         step = "attach its BPF filter"
-        attach_filter(sock, echo_reply_filter(ident))
+        attach_filter(sock, echo6_reply_filter(ident) if v6 else echo_reply_filter(ident))
         step = f"bind to device {slave}"
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, slave.encode())
-        if source is not None:
+        if source is not None and not v6:
             step = f"bind to source address {source}"
             sock.bind((source, 0))
         # Only echo replies wake us: not the host's unreachables, redirects or echo requests.
-        step = "set ICMP_FILTER"
-        sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~(1 << ICMP_ECHOREPLY) & 0xFFFFFFFF))
+        if v6:
+            step = "set ICMP6_FILTER"
+            blocked = [0xFFFFFFFF] * 8
+            blocked[ICMPV6_ECHO_REPLY >> 5] &= ~(1 << (ICMPV6_ECHO_REPLY & 31)) & 0xFFFFFFFF
+            sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *blocked))
+        else:
+            step = "set ICMP_FILTER"
+            sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~(1 << ICMP_ECHOREPLY) & 0xFFFFFFFF))
     except OSError as e:
         sock.close()
         raise OSError(e.errno, f"{slave}: cannot {step}: {e.strerror}") from e
@@ -293,7 +351,8 @@ class Prober:
     """
 
     def __init__(self, slave: str, settings: ProbeSettings, on_round: Callable[[RoundResult], None], *,
-                 sock_factory: Callable[[], socket.socket] | None = None) -> None:
+                 sock_factory: Callable[[], socket.socket] | None = None,
+                 sock6_factory: Callable[[], socket.socket] | None = None) -> None:
         self.slave = slave
         self.settings = settings
         self.on_round = on_round
@@ -301,8 +360,14 @@ class Prober:
         self.ident = _new_ident()
         weakref.finalize(self, _live_idents.discard, self.ident)
         self.ignored = 0
-        self._sock_factory = sock_factory or functools.partial(open_socket, slave, self.ident, settings.source)
-        self._sock: socket.socket | None = None
+        # One socket per IP version among the targets; the same identifier on both.
+        self._families = {t: socket.AF_INET6 if ":" in t else socket.AF_INET for t in settings.targets}
+        self._factories = {
+            socket.AF_INET: sock_factory or functools.partial(open_socket, slave, self.ident, settings.source),
+            socket.AF_INET6: sock6_factory or functools.partial(open_socket, slave, self.ident,
+                                                                family=socket.AF_INET6),
+        }
+        self._socks: dict[int, socket.socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         # Random at first, then kept across stop/start: a late reply to an old
         # round cannot match a new one (its nonce would not either).
@@ -314,24 +379,28 @@ class Prober:
     @property
     def running(self) -> bool:
         """True between start() and stop()."""
-        return self._sock is not None
+        return bool(self._socks)
 
     def start(self) -> None:
         """Open the socket and send the first round now, then one every
         `interval` on the shared grid (see `next_grid_point`), on the running
         loop. Raises OSError naming the slave if the socket cannot be opened
         or bound."""
-        if self._sock is not None:
+        if self._socks:
             raise RuntimeError(f"{self.slave}: the prober is already running")
         loop = asyncio.get_running_loop()
-        sock = self._sock_factory()
+        socks: dict[int, socket.socket] = {}
         try:
-            sock.setblocking(False)
-            loop.add_reader(sock.fileno(), self._read)
+            for family in sorted(set(self._families.values())):
+                sock = socks[family] = self._factories[family]()
+                sock.setblocking(False)
+                loop.add_reader(sock.fileno(), self._read, family)
         except BaseException:
-            sock.close()
+            for sock in socks.values():
+                loop.remove_reader(sock.fileno())
+                sock.close()
             raise
-        self._loop, self._sock = loop, sock
+        self._loop, self._socks = loop, socks
         now = self.clock()
         self._send_round(now, now)
         self._slot, at = next_grid_point(now, self.settings.interval)
@@ -339,10 +408,10 @@ class Prober:
 
     def stop(self) -> None:
         """Close the socket and cancel every timer: no on_round after this. Idempotent."""
-        sock, loop = self._sock, self._loop
-        if sock is None or loop is None:
+        socks, loop = self._socks, self._loop
+        if not socks or loop is None:
             return
-        self._sock = None
+        self._socks = {}
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -350,8 +419,9 @@ class Prober:
             if rnd.judge is not None:
                 rnd.judge.cancel()
         self._rounds.clear()
-        loop.remove_reader(sock.fileno())
-        sock.close()
+        for sock in socks.values():
+            loop.remove_reader(sock.fileno())
+            sock.close()
 
     # -- rounds ------------------------------------------------------------------
 
@@ -371,7 +441,7 @@ class Prober:
         """Send a round that was due at `due` (and is sent at `now`). Its judge
         falls due `timeout` after `due`, with every other prober's of the slot,
         unless the loop was late: then the round keeps its whole timeout."""
-        assert self._sock is not None and self._loop is not None
+        assert self._socks and self._loop is not None
         seq, self._seq = self._seq, (self._seq + 1) & 0xFFFF
         rnd = _Round(seq, now)
         targets = self.settings.targets
@@ -379,8 +449,11 @@ class Prober:
         for i, target in enumerate(targets):
             payload = MAGIC + nonces[i * NONCE_SIZE:(i + 1) * NONCE_SIZE]
             rnd.payloads[target] = payload
+            v6 = self._families[target] == socket.AF_INET6
             try:
-                self._sock.sendto(build_echo(self.ident, seq, payload), (target, 0))
+                # An IPv6 link-local target is reached on the bound device (sk_bound_dev_if).
+                self._socks[self._families[target]].sendto(
+                    (build_echo6 if v6 else build_echo)(self.ident, seq, payload), (target, 0))
             except OSError as e:  # the round still waits for its timeout, so verdicts keep their pace
                 rnd.error = rnd.error or f"sendto {target}: {e.strerror or e}"
                 continue
@@ -392,13 +465,14 @@ class Prober:
     def _timeout(self, seq: int) -> None:
         # Replies already queued on the socket arrived in time, even if the
         # loop has not read them yet.
-        self._read()
-        if self._sock is None or seq not in self._rounds:
+        for family in list(self._socks):
+            self._read(family)
+        if not self._socks or seq not in self._rounds:
             return
         # Rounds are judged in order: an older one still outstanding times out
         # no later than this one (same timeout, sent earlier), so it is judged
         # first; judge it here in case its timer has not run yet this turn.
-        while self._sock is not None and self._rounds:
+        while self._socks and self._rounds:
             oldest = next(iter(self._rounds))
             self._judge(oldest)
             if oldest == seq:
@@ -407,7 +481,7 @@ class Prober:
 
     def _judge_completed(self) -> None:
         """Judge the oldest rounds while they are complete."""
-        while self._sock is not None and self._rounds:
+        while self._socks and self._rounds:
             oldest = next(iter(self._rounds.values()))
             if not oldest.complete:
                 return
@@ -423,13 +497,19 @@ class Prober:
 
     # -- replies -----------------------------------------------------------------
 
-    def _read(self) -> None:
+    def _read(self, family: int = socket.AF_INET) -> None:
         now: float | None = None  # one clock read per wake-up, not per reply
         for _ in range(_READ_BATCH):
-            if self._sock is None:
+            sock = self._socks.get(family)
+            if sock is None:
                 return
             try:
-                packet = self._sock.recv(_RECV_SIZE)
+                if family == socket.AF_INET6:
+                    # A raw ICMPv6 socket gives the message alone: the source comes beside it.
+                    message, address = sock.recvfrom(_RECV_SIZE)
+                    parsed = parse_echo6_reply(message, address[0])
+                else:
+                    parsed = parse_echo_reply(sock.recv(_RECV_SIZE))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # an ICMP error about one of our requests, reported once (sk_err)
@@ -437,10 +517,9 @@ class Prober:
                 continue
             if now is None:
                 now = self.clock()
-            self._reply(packet, now)
+            self._reply(parsed, now, family)
 
-    def _reply(self, packet: bytes, now: float) -> None:
-        parsed = parse_echo_reply(packet)
+    def _reply(self, parsed: EchoReply | None, now: float, family: int = socket.AF_INET) -> None:
         # Cheapest checks first: identifier, sequence, source; then the nonce; the checksum last.
         rnd = self._rounds.get(parsed.seq) if parsed is not None and parsed.ident == self.ident else None
         if parsed is None or rnd is None or parsed.source not in rnd.pending:
@@ -448,8 +527,9 @@ class Prober:
             return
         # The nonce proves the reply answers this very echo: not a forgery, not
         # a replay of a reply to an earlier round with the same sequence number.
+        # (The kernel checked an ICMPv6 checksum already: it covers a pseudo-header.)
         if not hmac.compare_digest(parsed.message[8:], rnd.payloads[parsed.source]) \
-                or not checksum_ok(parsed.message):
+                or (family == socket.AF_INET and not checksum_ok(parsed.message)):
             self.ignored += 1
             return
         source, seq = parsed.source, parsed.seq

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .observed import LinkStats, Snapshot
+from .observed import RTN_NAMES, RTN_UNICAST, LinkStats, Snapshot
 from .slave import State
 
 if TYPE_CHECKING:  # not at run time: `wanbalanced status` needs neither asyncio nor the core
@@ -40,6 +40,8 @@ class SlaveStatus:
     stats: LinkStats | None
     flap_penalty: float
     held_down_until: float  # unix time; 0 when not held down
+    routes: int = 0  # of its configured [[slaves.X.routes]], those in the kernel
+    routes_configured: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class EqualizerStatus:
     mtu_reason: str  # why the daemon wants it so
     mtu_changes: int
     reopens: int
+    # "unreachable" or "blackhole" while that route stands in for the default
+    # route (all_down); "" otherwise.
+    stand_in: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ def build(
     mtu_changes: dict[str, int] | None = None, reopens: dict[str, int] | None = None,
 ) -> Status:
     """Assemble the status from the core's machines and the snapshot."""
+    from .lineroutes import installed  # here: `wanbalanced status` alone does not need the core
     slaves = []
     equalizers = []
     for eq_name, eq in config.equalizers.items():
@@ -115,15 +121,19 @@ def build(
                 stats=link.stats if link is not None else None,
                 flap_penalty=book.damping.value(mono_now),
                 held_down_until=wall_now + (reuse - mono_now) if reuse is not None else 0.0,
+                routes=installed(config, name, snap), routes_configured=len(config.slave(name).routes),
             ))
         route = master is not None and bool(snap.our_default_routes(master.index, eq.route_metric, eq.route_table))
         want, why = core.mtu_target(eq_name, snap).want(master.mtu if master is not None else 0)
+        stand_in = [RTN_NAMES[r.type] for r in snap.default_routes(eq.route_table)
+                    if r.ours and r.priority == eq.route_metric and r.type != RTN_UNICAST]
         equalizers.append(EqualizerStatus(
             equalizer=eq_name, exists=master is not None, up=master is not None and master.admin_up,
             attached=attached, configured=len(eq.slaves), default_route=route,
             mtu=master.mtu if master is not None else 0,
             mtu_reason=f"{want}: {why}" if want is not None else why,
             mtu_changes=(mtu_changes or {}).get(eq_name, 0), reopens=(reopens or {}).get(eq_name, 0),
+            stand_in=stand_in[0] if stand_in and eq.default_route else "",
         ))
     probe_rows = tuple(ProbeStatus(slave, target, sent, lost)
                        for (slave, target), (sent, lost) in sorted((probes or {}).items()))

@@ -235,7 +235,7 @@ def test_plan_prints_commands_and_changes_nothing(lab: Lab, wb: Wanbalanced) -> 
         "tc qdisc add dev wan1 root teql0",
         "ip link set teql0 up",
         "ip addr add 10.0.0.0/31 dev teql0 noprefixroute",
-        "ip route replace default dev teql0",
+        "ip route replace default dev teql0 proto 119",
     ]
     after = run("tc", "qdisc", "show").stdout, ip("-4", "route", "show", "table", "all"), lab.rp_filter("wan1")
     assert before == after, "plan changed the kernel"

@@ -33,7 +33,7 @@ def test_drift_is_repaired_logged_and_counted(lab: Lab, wb: Wanbalanced) -> None
                 r"\(root qdisc now the default qdisc\).*EVENT=drift")
     ip("route", "del", "default", "dev", "teql0")
     lab.wait_until(lambda: lab.default_route() is not None, 3, what="default route put back")
-    wb.wait_log(r"ip route replace default dev teql0 \(drift: the default route via teql0 was deleted")
+    wb.wait_log(r"ip route replace default dev teql0 proto 119 \(drift: the default route via teql0 was deleted")
     set_rp_filter("wan1", 1)  # arrives as an RTM_NEWNETCONF event
     lab.wait_until(lambda: lab.rp_filter("wan1") == 0, 3, what="rp_filter put back")
     wb.wait_log(r"sysctl -w net.ipv4.conf.wan1.rp_filter=0 \(drift: rp_filter of wan1 was changed to 1")

@@ -13,6 +13,7 @@ from wanbalanced.observed import (
     IFF_MULTICAST,
     IFF_NOARP,
     IFF_UP,
+    RTPROT_WANBALANCED,
     Address,
     Link,
     Qdisc,
@@ -53,7 +54,7 @@ def snapshot(*links: Link, address: bool = False, default_route: bool = False, a
     if address and teql is not None:
         snap.put_address(Address(teql.index, IPv4Interface("10.0.0.0/31"), IFA_F_NOPREFIXROUTE))
     if default_route and teql is not None:
-        snap.put_route(Route(254, DEFAULT_DST, 0, teql.index))
+        snap.put_route(Route(254, DEFAULT_DST, 0, teql.index, proto=RTPROT_WANBALANCED))
     return snap
 
 

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Network
 
 from messages import link_msg
 
 from wanbalanced.actions import (
     Action,
     AddAddress,
+    AddLineRoute,
     Attach,
     DeleteAddress,
     DeleteConnectedRoute,
     DeleteDefaultRoute,
+    DeleteLineRoute,
     Detach,
     LinkUp,
     ReplaceDefaultRoute,
     SetRpFilter,
 )
 from wanbalanced.netlink import apply_event
-from wanbalanced.observed import DEFAULT_DST, Route, Snapshot
+from wanbalanced.observed import DEFAULT_DST, RTN_BLACKHOLE, RTN_UNREACHABLE, RTPROT_WANBALANCED, Route, Snapshot
 
 ADDR = IPv4Interface("10.0.0.0/31")
 
@@ -71,7 +73,7 @@ def test_each_action_is_one_kernel_write() -> None:
         ("add_address", (2, ADDR, 0x200)),  # noprefixroute
         ("delete_address", (2, ADDR)),
         ("delete_route", (ADDR.network, 2, 254, ("proto", 2), ("scope", 253))),
-        ("replace_route", (DEFAULT_DST, 2, 7, 100)),
+        ("put_route", (Route(100, DEFAULT_DST, 7, 2, proto=RTPROT_WANBALANCED), ("replace", True))),
         ("delete_route", (DEFAULT_DST, 2, 100, ("metric", 7))),
         ("set_rp_filter", ("eth0.100", 0)),
     ]
@@ -86,7 +88,7 @@ def test_expect_applies_known_effects() -> None:
     LinkUp("r", "teql0", 2).expect(snap)
     assert snap.links[2].admin_up
     ReplaceDefaultRoute("r", "teql0", 2, 0, 254).expect(snap)
-    assert snap.default_routes(254) == [Route(254, DEFAULT_DST, 0, 2)]
+    assert snap.default_routes(254) == [Route(254, DEFAULT_DST, 0, 2, proto=RTPROT_WANBALANCED)]
     AddAddress("r", "teql0", 2, ADDR).expect(snap)
     assert [a.interface for a in snap.addresses_of(2)] == [ADDR]
     DeleteAddress("r", "teql0", 2, ADDR).expect(snap)
@@ -103,12 +105,34 @@ def test_every_action_renders_its_command() -> None:
     assert [a.command() for a in (
         Attach("r", "teql0", "wan0", 3), DeleteConnectedRoute("r", "teql0", 2, ADDR.network, 100),
         ReplaceDefaultRoute("r", "teql0", 2, 7, 254), SetRpFilter("r", "eth0.100", 4, 0),
+        ReplaceDefaultRoute("r", "teql0", 2, 7, 254, RTN_UNREACHABLE),
+        DeleteDefaultRoute("r", "teql0", 2, 1024, 100, RTN_BLACKHOLE, IPv6Network("::/0")),
+        ReplaceDefaultRoute("r", "teql0", 2, 1024, 254, dst=IPv6Network("::/0")),
+        AddLineRoute("r", "wan0", 3, IPv4Network("198.51.100.0/24"), "10.1.0.1", 10, 100),
+        DeleteLineRoute("r", "wan1", 4, IPv4Network("0.0.0.0/0"), None, 0, 254),
+        AddLineRoute("r", "wan0", 3, IPv6Network("2001:db8::/32"), "fe80::1", 1024, 254),
     )] == [
         "tc qdisc add dev wan0 root teql0",
         "ip route del 10.0.0.0/31 dev teql0 proto kernel scope link table 100",
-        "ip route replace default dev teql0 metric 7",
+        "ip route replace default dev teql0 metric 7 proto 119",
         "sysctl -w net.ipv4.conf.eth0/100.rp_filter=0",
+        "ip route replace unreachable default metric 7 proto 119",
+        "ip -6 route del blackhole default metric 1024 table 100",
+        "ip -6 route replace default dev teql0 metric 1024 proto 119",
+        "ip route add 198.51.100.0/24 via 10.1.0.1 dev wan0 metric 10 table 100 proto 119",
+        "ip route del default dev wan1 proto 119",
+        "ip route add 2001:db8::/32 via fe80::1 dev wan0 metric 1024 proto 119",
     ]
+
+
+def test_line_routes_expect_their_effect() -> None:
+    snap = Snapshot()
+    apply_event(snap, link_msg("RTM_NEWLINK", 3, "wan0"))
+    add = AddLineRoute("r", "wan0", 3, IPv4Network("198.51.100.0/24"), None, 10, 100)
+    add.expect(snap)
+    assert snap.our_routes() == [Route(100, IPv4Network("198.51.100.0/24"), 10, 3, None, RTPROT_WANBALANCED, 253)]
+    DeleteLineRoute("r", "wan0", 3, IPv4Network("198.51.100.0/24"), None, 10, 100).expect(snap)
+    assert not snap.routes
 
 
 def test_an_action_without_its_execution_cannot_exist() -> None:
@@ -135,8 +159,8 @@ def test_drift_kinds_come_from_the_actions() -> None:
     from wanbalanced.metrics import DRIFT_KINDS as EXPORTED
 
     # The metrics' kind labels, in a stable order; a new action's kind joins them.
-    assert DRIFT_KINDS == ("qdisc", "link", "mtu", "address", "connected_route", "route",
-                                                                   "rp_filter") == EXPORTED
+    assert DRIFT_KINDS == ("qdisc", "link", "mtu", "address", "connected_route", "route", "line_route",
+                           "line_rule", "rp_filter") == EXPORTED
 
 
 def test_mtu_and_reopen_actions_write_render_and_expect() -> None:

@@ -560,3 +560,111 @@ def test_unicast_probe_targets_are_accepted(target: str) -> None:
     # peer on the line is a fine target, and the echo is bound to the slave.
     probe = parse_config(probe_targets(target)).slave("wan0").probe
     assert probe is not None and [str(t) for t in probe.targets] == [target]
+
+
+# --- per-line routes and all_down ---------------------------------------------
+
+def test_line_routes_parsed() -> None:
+    cfg = parse_config(BASE + """
+[[slaves.wan0.routes]]
+to = "198.51.100.0/24"
+via = "10.1.0.1"
+table = 100
+metric = 10
+[[slaves.wan0.routes]]
+to = "default"
+table = 100
+[[slaves.wan1.routes]]
+to = "2001:db8::/32"
+""")
+    wan0 = cfg.slave("wan0").routes
+    assert [(str(r.to), str(r.via), r.table, r.metric) for r in wan0] == [
+        ("198.51.100.0/24", "10.1.0.1", 100, 10), ("0.0.0.0/0", "None", 100, 0)]
+    v6 = cfg.slave("wan1").routes[0]
+    assert v6.kernel_metric == 1024, "the kernel's metric for an IPv6 route with none"
+    assert cfg.equalizers["teql0"].all_down == "withdraw"
+
+
+@pytest.mark.parametrize("route, fragment", [
+    ('to = "198.51.100.1/24"', 'has host bits set; the prefix is "198.51.100.0/24"'),
+    ('to = "198.51.100.0/33"', "is not a prefix"),
+    ('to = 5', "expected a prefix"),
+    ('to = "198.51.100.0/24"\nvia = "224.0.0.1"', "is a multicast address"),
+    ('to = "198.51.100.0/24"\nvia = "0.0.0.0"', "is unspecified"),
+    ('to = "198.51.100.0/24"\nvia = "255.255.255.255"', "limited broadcast"),
+    ('to = "198.51.100.0/24"\nvia = "127.0.0.1"', "loopback"),
+    ('to = "198.51.100.0/24"\nvia = "2001:db8::1"', "is IPv6 but to 198.51.100.0/24 is IPv4"),
+    ('to = "198.51.100.0/24"\ntable = 255', "local table"),
+    ('via = "10.1.0.1"', "required key is missing"),
+    ('to = "198.51.100.0/24"\ndev = "wan1"', "unknown key"),
+])
+def test_line_route_rejected(route: str, fragment: str) -> None:
+    p = only_problem(BASE + f"[[slaves.wan0.routes]]\n{route}\n")
+    assert p.path.startswith("slaves.wan0.routes[0]") and fragment in p.message, p
+
+
+def test_duplicate_routes_rejected_within_and_across_slaves() -> None:
+    found = problems(BASE + """
+[[slaves.wan0.routes]]
+to = "198.51.100.0/24"
+metric = 3
+[[slaves.wan0.routes]]
+to = "198.51.100.0/24"
+metric = 3
+[[slaves.wan0.routes]]
+to = "198.51.100.0/24"
+via = "nonsense"
+[[slaves.wan1.routes]]
+to = "198.51.100.0/24"
+metric = 3
+[[slaves.wan1.routes]]
+to = "default"
+""")
+    assert found["slaves.wan0.routes[1]"].startswith("same destination, table and metric as slaves.wan0.routes[0]")
+    assert "not an IP address" in found["slaves.wan0.routes[2].via"]
+    assert "as slaves.wan0.routes[0]" in found["slaves.wan1.routes[0]"]
+    assert "as the default route of teql0" in found["slaves.wan1.routes[1]"]
+
+
+def test_duplicate_routes_rejected_when_built_directly() -> None:
+    with pytest.raises(ValidationError, match="duplicates routes"):
+        SlaveConfig.model_validate({"routes": [{"to": "default", "table": 5}, {"to": "0.0.0.0/0", "table": 5}]})
+
+
+@pytest.mark.parametrize("value", ["withdraw", "unreachable", "blackhole"])
+def test_all_down_accepted(value: str) -> None:
+    assert parse_config(BASE + f'all_down = "{value}"\n').equalizers["teql0"].all_down == value
+
+
+def test_all_down_rejected() -> None:
+    p = only_problem(BASE + 'all_down = "prohibit"\n')
+    assert p.path == "equalizers.teql0.all_down" and '"withdraw"' in p.message
+
+
+def test_address6() -> None:
+    cfg = parse_config(BASE + 'address6 = "2001:db8:ff::a/128"\n')
+    assert str(cfg.equalizers["teql0"].address6) == "2001:db8:ff::a/128"
+    for value, fragment in (('"fe80::1/64"', "global or unique-local"), ('"10.0.0.0/31"', "goes in `address`"),
+                            ('"2001:db8::1"', "no prefix length"), ('"ff02::1/128"', "global or unique-local")):
+        p = only_problem(BASE + f"address6 = {value}\n")
+        assert p.path == "equalizers.teql0.address6" and fragment in p.message, p
+    assert "goes in `address6`" in only_problem(BASE + 'address = "2001:db8::1/64"\n').message
+
+
+def test_line_rules() -> None:
+    cfg = parse_config(BASE + '[[slaves.wan0.rules]]\nfrom = "198.51.100.7/32"\ntable = 100\n')
+    rule = cfg.slave("wan0").rules[0]
+    assert (str(rule.source), rule.table, rule.priority) == ("198.51.100.7/32", 100, 32000)
+    found = problems(BASE + """
+[[slaves.wan0.rules]]
+from = "198.51.100.7/24"
+table = 100
+[[slaves.wan0.rules]]
+table = 255
+from = "default"
+[[slaves.wan0.rules]]
+from = "default"
+""")
+    assert "host bits" in found["slaves.wan0.rules[0].from"]
+    assert "local table" in found["slaves.wan0.rules[1].table"]
+    assert found["slaves.wan0.rules[2].table"] == "required key is missing"

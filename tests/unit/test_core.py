@@ -36,7 +36,7 @@ def test_fresh_kernel_plans_the_seed_steps_in_order() -> None:
         "tc qdisc add dev wan1 root teql0",
         "ip link set teql0 up",
         "ip addr add 10.0.0.0/31 dev teql0 noprefixroute",
-        "ip route replace default dev teql0",
+        "ip route replace default dev teql0 proto 119",
     ]
 
 
@@ -218,7 +218,7 @@ route_table = 100
     snap = snapshot(master(up=True), slave(10, "wan0", teql="teql0"))
     snap.put_route(Route(254, IPv4Network("0.0.0.0/0"), 0, 99, gateway="192.0.2.1"))  # other table: no clash
     core.observe(snap, 0.0)
-    assert commands(core, snap) == ["ip route replace default dev teql0 metric 10 table 100"]
+    assert commands(core, snap) == ["ip route replace default dev teql0 metric 10 table 100 proto 119"]
 
 
 def test_missing_module_and_too_few_equalizers_are_faults() -> None:

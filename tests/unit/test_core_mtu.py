@@ -61,7 +61,7 @@ def test_after_the_last_slave_left_the_first_gives_its_mtu_then_teql0_is_lowered
     core.observe(snap, 0.0)
     assert commands(core, snap) == [
         "tc qdisc add dev wan0 root teql0", "ip link set teql0 mtu 1400", "tc qdisc add dev wan1 root teql0",
-        "ip route replace default dev teql0",
+        "ip route replace default dev teql0 proto 119",
     ]
 
 
@@ -217,7 +217,7 @@ def test_a_ppp_slave_beside_ethernet_ones_reopens_teql0_and_re_adds_the_route() 
     plan = core.plan(snap)
     assert [a.command() for a in plan.actions] == [
         "ip link set teql0 down", "tc qdisc add dev wan1 root teql0", "ip link set teql0 up",
-        "ip route replace default dev teql0",
+        "ip route replace default dev teql0 proto 119",
     ]
     assert isinstance(plan.actions[0], LinkDown)
     assert plan.actions[0].reason == ("wan1 is not BROADCAST like teql0 (wan0): reopening teql0 so that it takes "
@@ -233,7 +233,7 @@ def test_a_reopen_keeps_the_configured_mtu_cap() -> None:
     core.observe(snap, 0.0)
     assert commands(core, snap) == [
         "ip link set teql0 down", "tc qdisc add dev wan1 root teql0", "ip link set teql0 up",
-        "ip link set teql0 mtu 1400", "ip route replace default dev teql0",
+        "ip link set teql0 mtu 1400", "ip route replace default dev teql0 proto 119",
     ]
 
 

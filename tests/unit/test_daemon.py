@@ -132,7 +132,7 @@ async def test_converges_then_follows_carrier_events() -> None:
         "tc qdisc add dev wan1 root teql0",
         "ip link set teql0 up",
         "ip addr add 10.0.0.0/31 dev teql0 noprefixroute",
-        "ip route replace default dev teql0",
+        "ip route replace default dev teql0 proto 119",
     ]
     kernel.executed.clear()
     kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 10, "wan0", carrier=False))
@@ -147,10 +147,10 @@ async def test_failed_write_is_retried_with_backoff_and_logged_once(
 ) -> None:
     monkeypatch.setattr(daemon_mod, "BACKOFF_FIRST", 0.05)
     kernel = FakeKernel(fresh())
-    kernel.failures["ip route replace default dev teql0"] = [errno.EBUSY, errno.EBUSY]
+    kernel.failures["ip route replace default dev teql0 proto 119"] = [errno.EBUSY, errno.EBUSY]
     with caplog.at_level(logging.DEBUG, logger="wanbalanced"):
         d, task = await start(kernel)
-        await until(lambda: "ip route replace default dev teql0" in kernel.executed)
+        await until(lambda: "ip route replace default dev teql0 proto 119" in kernel.executed)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "Device or resource busy" in errors[0].getMessage()
     assert not d._backoff
@@ -206,7 +206,7 @@ async def test_backoff_survives_a_change_of_reason(
     # and the error is not logged again at ERROR.
     monkeypatch.setattr(daemon_mod, "BACKOFF_FIRST", 60.0)
     kernel = FakeKernel(fresh())
-    route = "ip route replace default dev teql0"
+    route = "ip route replace default dev teql0 proto 119"
     kernel.failures[route] = [errno.EBUSY] * 5
     with caplog.at_level(logging.DEBUG, logger="wanbalanced"):
         d = Daemon(config(DAEMON_CONFIG), kernel)

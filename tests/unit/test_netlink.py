@@ -76,7 +76,11 @@ def test_each_action_is_one_pyroute2_call() -> None:
 
     from pyroute2.netlink.exceptions import NetlinkError
 
-    from wanbalanced.actions import AddAddress, DeleteAddress, DeleteConnectedRoute
+    from ipaddress import IPv4Network, IPv6Network
+    from socket import AF_INET, AF_INET6
+
+    from wanbalanced.actions import AddAddress, AddLineRoute, DeleteAddress, DeleteConnectedRoute, DeleteLineRoute
+    from wanbalanced.observed import RTN_BLACKHOLE, RTN_UNREACHABLE
     from wanbalanced.netlink import Kernel, KernelError
 
     calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = []
@@ -101,6 +105,10 @@ def test_each_action_is_one_pyroute2_call() -> None:
         LinkUp("r", "teql0", 2), AddAddress("r", "teql0", 2, addr), DeleteAddress("r", "teql0", 2, addr),
         DeleteConnectedRoute("r", "teql0", 2, addr.network, 100), ReplaceDefaultRoute("r", "teql0", 2, 5, 254),
         DeleteDefaultRoute("r", "teql0", 2, 5, 254), Attach("r", "teql1", "wan0", 3),
+        AddLineRoute("r", "wan0", 3, IPv4Network("198.51.100.0/24"), "10.1.0.1", 10, 100),
+        DeleteLineRoute("r", "wan0", 3, IPv4Network("198.51.100.0/24"), None, 0, 254),
+        ReplaceDefaultRoute("r", "teql0", 2, 5, 254, RTN_UNREACHABLE),
+        DeleteDefaultRoute("r", "teql0", 2, 1024, 254, RTN_BLACKHOLE, IPv6Network("::/0")),
     ):
         asyncio.run(kernel.execute(action))
     assert calls == [
@@ -110,10 +118,22 @@ def test_each_action_is_one_pyroute2_call() -> None:
         ("link", ("set",), {"index": 2, "state": "up"}),
         ("addr", ("add",), {"index": 2, "address": "10.0.0.0", "prefixlen": 31, "flags": 0x200}),
         ("addr", ("del",), {"index": 2, "address": "10.0.0.0", "prefixlen": 31}),
-        ("route", ("del",), {"dst": "10.0.0.0/31", "oif": 2, "table": 100, "proto": 2, "scope": 253}),
-        ("route", ("replace",), {"dst": "0.0.0.0/0", "oif": 2, "priority": 5, "table": 254}),
-        ("route", ("del",), {"dst": "0.0.0.0/0", "oif": 2, "table": 254, "priority": 5}),
+        ("route", ("del",), {"dst": "10.0.0.0/31", "oif": 2, "table": 100, "family": AF_INET, "proto": 2,
+                             "scope": 253}),
+        ("route", ("replace",), {"dst": "0.0.0.0/0", "family": AF_INET, "oif": 2, "priority": 5, "table": 254,
+                                 "proto": 119, "scope": 0, "type": 1}),
+        ("route", ("del",), {"dst": "0.0.0.0/0", "family": AF_INET, "oif": 2, "table": 254, "priority": 5}),
         ("tc", ("add", "teql1", 3, 0), {}),  # EEXIST: attached meanwhile, which is the goal
+        # Added, not replaced: another's route to the same place is refused, not overwritten.
+        ("route", ("add",), {"dst": "198.51.100.0/24", "family": AF_INET, "oif": 3, "priority": 10, "table": 100,
+                             "gateway": "10.1.0.1", "proto": 119, "scope": 0, "type": 1}),
+        # Deleted by protocol, type and scope: only the route wanbalanced made matches.
+        ("route", ("del",), {"dst": "198.51.100.0/24", "family": AF_INET, "oif": 3, "priority": 0, "table": 254,
+                             "proto": 119, "type": 1, "scope": 253}),
+        ("route", ("replace",), {"dst": "0.0.0.0/0", "family": AF_INET, "priority": 5, "table": 254,
+                                 "proto": 119, "scope": 0, "type": 7}),
+        ("route", ("del",), {"dst": "::/0", "family": AF_INET6, "priority": 1024, "table": 254,
+                             "proto": 119, "type": 6, "scope": 0}),
     ]
     try:
         asyncio.run(kernel.execute(Attach("r", "teql2", "wan0", 3)))

@@ -7,6 +7,7 @@ import struct
 from typing import Any
 
 from wanbalanced.nlguard import Counts, Guard, GuardedMarshal, route_wanted
+from wanbalanced.observed import RTPROT_WANBALANCED
 
 RTM_NEWLINK, RTM_NEWROUTE = 16, 24
 
@@ -16,8 +17,8 @@ def nlmsg(mtype: int, body: bytes) -> bytes:
 
 
 def route(dst_len: int, oif: int | None, *, table: int = 254, rtype: int = 1, family: int = socket.AF_INET,
-          table_attr: int | None = None) -> bytes:
-    body = struct.pack("=BBBBBBBBI", family, dst_len, 0, 0, table, 3, 0, rtype, 0)
+          table_attr: int | None = None, proto: int = 3) -> bytes:
+    body = struct.pack("=BBBBBBBBI", family, dst_len, 0, 0, table, proto, 0, rtype, 0)
     if dst_len:
         body += struct.pack("=HH4s", 8, 1, bytes([198, 51, 100, 0]))
     if oif is not None:
@@ -40,7 +41,12 @@ def test_route_screen_keeps_what_the_snapshot_keeps() -> None:
     assert not wanted(route(24, 2, table=252, table_attr=255), teql), "RTA_TABLE wins over rtm_table"
     assert wanted(route(0, 5, table=252, table_attr=1000), teql)
     assert not wanted(route(0, 2, rtype=2), teql), "not unicast"
-    assert not wanted(route(0, 2, family=socket.AF_INET6), teql)
+    assert wanted(route(0, 2, family=socket.AF_INET6), teql), "IPv6 default routes too"
+    assert not wanted(route(0, 2, family=socket.AF_BRIDGE), teql), "neither IPv4 nor IPv6"
+    assert wanted(route(24, 5, proto=RTPROT_WANBALANCED), teql), "ours, through any device"
+    assert wanted(route(0, None, rtype=7, proto=RTPROT_WANBALANCED), teql), "our unreachable stand-in"
+    assert not wanted(route(0, None, rtype=7), teql), "another's unreachable route"
+    assert not wanted(route(24, 5, table=255, proto=RTPROT_WANBALANCED), teql), "never the local table"
     assert not wanted(route(24, None), teql), "multipath, not a default"
     assert wanted(route(24, 2)[:20], teql), "too short to tell: the decoder judges"
 

@@ -149,7 +149,7 @@ def test_parse_never_raises() -> None:
 @pytest.mark.parametrize(("kwargs", "fragment"), [
     ({"targets": ()}, "targets"),
     ({"targets": (T1, T1)}, "targets"),
-    ({"targets": ("example.org",)}, "IPv4"),
+    ({"targets": ("example.org",)}, "IP address"),
     ({"min_targets": 2}, "min_targets"),
     ({"min_targets": 0}, "min_targets"),
     ({"interval": 0.0}, "positive"),
