@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import __version__, status
-from .actions import Action, Attach, Detach, LinkDown, SetMtu
+from .actions import Action, Attach
 from .config import Config, ConfigError, load_config
 from .core import Core
 from .logs import fields, set_level
-from .metrics import Metrics
+from .metrics import FAILOVER_EVENTS, Metrics
 from .netlink import Kernel, KernelError, apply_event, expect
 from .notify import Notifier
 from .observed import Link, Snapshot
@@ -109,12 +109,11 @@ class _Backoff:
 class Counters:
     """Counts of what the daemon did, for the status and the metrics."""
 
-    attaches: dict[str, int] = field(default_factory=dict)
-    detaches: dict[str, int] = field(default_factory=dict)
+    # Kernel writes done, by the action's event and device: ("attach", "wan0"),
+    # ("mtu", "teql0"), ... An action counts itself; nothing here names it.
+    done: dict[tuple[str, str], int] = field(default_factory=dict)
     resyncs: int = 0
     drift: dict[str, int] = field(default_factory=dict)  # repairs by kind
-    mtu_changes: dict[str, int] = field(default_factory=dict)  # by equalizer
-    reopens: dict[str, int] = field(default_factory=dict)  # by equalizer
     reload_successful: bool = True
     reload_success_time: float = field(default_factory=time.time)
 
@@ -323,13 +322,12 @@ class Daemon:
     def _publish(self) -> str:
         """Build and publish the status; return its one-line summary."""
         self.status = status.build(
-            self.config, self.core, self.snap, version=__version__, attaches=dict(self.counters.attaches),
-            detaches=dict(self.counters.detaches), faults=tuple(self.report.faults.values()),
+            self.config, self.core, self.snap, version=__version__, done=dict(self.counters.done),
+            faults=tuple(self.report.faults.values()),
             reload_successful=self.counters.reload_successful,
             reload_success_time=self.counters.reload_success_time, resyncs=self.counters.resyncs,
             probes={key: (c.sent, c.lost) for key, c in self.probes.counts.items()},
-            drift=dict(self.counters.drift), mtu_changes=dict(self.counters.mtu_changes),
-            reopens=dict(self.counters.reopens),
+            drift=dict(self.counters.drift),
             mono_now=self.clock(), wall_now=time.time(),
         )
         return self.status.summary()
@@ -430,14 +428,10 @@ class Daemon:
         took = self.clock() - woke if woke is not None else None
         expect(self.snap, action)
         self._backoff.pop(action, None)
-        if isinstance(action, (Attach, Detach)):
-            counter = self.counters.attaches if isinstance(action, Attach) else self.counters.detaches
-            counter[action.slave] = counter.get(action.slave, 0) + 1
-            if took is not None:
-                self.metrics.failover.observe(("attach" if isinstance(action, Attach) else "detach",), took)
-        elif isinstance(action, (SetMtu, LinkDown)):
-            counter = self.counters.mtu_changes if isinstance(action, SetMtu) else self.counters.reopens
-            counter[action.name] = counter.get(action.name, 0) + 1
+        key = (action.event, action.device)
+        self.counters.done[key] = self.counters.done.get(key, 0) + 1
+        if took is not None and action.event in FAILOVER_EVENTS:
+            self.metrics.failover.observe((action.event,), took)
         self.report.write(action, took * 1000 if took is not None else None)
         return True
 

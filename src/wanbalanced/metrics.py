@@ -23,13 +23,15 @@ if TYPE_CHECKING:
 
     from .endpoint import MetricsServer
 
-__all__ = ["DRIFT_KINDS", "FAILOVER_BUCKETS", "FAULT_KINDS", "Histograms", "Metrics", "PROBE_RTT_BUCKETS"]
+__all__ = ["DRIFT_KINDS", "FAILOVER_BUCKETS", "FAILOVER_EVENTS", "FAULT_KINDS", "Histograms", "Metrics", "PROBE_RTT_BUCKETS"]
 
 log = logging.getLogger(__name__)
 
 # Fine enough to tell 100 µs from 10 ms.
 PROBE_RTT_BUCKETS = (100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0)
+#: The events whose time from the kernel event is wanbalanced_failover_seconds (its `action` label).
+FAILOVER_EVENTS = ("attach", "detach")
 FAILOVER_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
                     0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

@@ -93,11 +93,10 @@ class Status:
 
 
 def build(
-    config: Config, core: Core, snap: Snapshot, *, version: str, attaches: dict[str, int],
-    detaches: dict[str, int], faults: tuple[Fault, ...], reload_successful: bool,
+    config: Config, core: Core, snap: Snapshot, *, version: str, done: dict[tuple[str, str], int],
+    faults: tuple[Fault, ...], reload_successful: bool,
     reload_success_time: float, resyncs: int, mono_now: float, wall_now: float,
     probes: dict[tuple[str, str], tuple[int, int]] | None = None, drift: dict[str, int] | None = None,
-    mtu_changes: dict[str, int] | None = None, reopens: dict[str, int] | None = None,
 ) -> Status:
     """Assemble the status from the core's machines and the snapshot."""
     from .lineroutes import installed  # here: `wanbalanced status` alone does not need the core
@@ -117,7 +116,7 @@ def build(
                 equalizer=eq_name, slave=name, state=m.state.value, exists=link is not None,
                 carrier=link is not None and link.has_carrier, attached=is_attached,
                 up=m.wants_attached, since=wall_now - (mono_now - m.since), reason=m.reason,
-                attaches=attaches.get(name, 0), detaches=detaches.get(name, 0),
+                attaches=done.get(("attach", name), 0), detaches=done.get(("detach", name), 0),
                 stats=link.stats if link is not None else None,
                 flap_penalty=book.damping.value(mono_now),
                 held_down_until=wall_now + (reuse - mono_now) if reuse is not None else 0.0,
@@ -132,7 +131,7 @@ def build(
             attached=attached, configured=len(eq.slaves), default_route=route,
             mtu=master.mtu if master is not None else 0,
             mtu_reason=f"{want}: {why}" if want is not None else why,
-            mtu_changes=(mtu_changes or {}).get(eq_name, 0), reopens=(reopens or {}).get(eq_name, 0),
+            mtu_changes=done.get(("mtu", eq_name), 0), reopens=done.get(("reopen", eq_name), 0),
             stand_in=stand_in[0] if stand_in and eq.default_route else "",
         ))
     probe_rows = tuple(ProbeStatus(slave, target, sent, lost)

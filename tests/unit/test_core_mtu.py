@@ -262,9 +262,9 @@ def test_status_shows_teql0s_mtu_why_and_the_counts() -> None:
     gone = snapshot(master(up=True, mtu=1400, flags=ETHER), slave(10, "wan0", teql="teql0"), address=True,
                     default_route=True)
     core.observe(gone, 10.0)
-    st = status.build(core.config, core, gone, version="test", attaches={}, detaches={}, faults=(),
+    st = status.build(core.config, core, gone, version="test", faults=(),
                       reload_successful=True, reload_success_time=0.0, resyncs=0, mono_now=10.0, wall_now=10.0,
-                      mtu_changes={"teql0": 2}, reopens={"teql0": 1})
+                      done={("mtu", "teql0"): 2, ("reopen", "teql0"): 1})
     (eq,) = st.equalizers
     assert (eq.mtu, eq.mtu_changes, eq.reopens) == (1400, 2, 1)
     assert eq.mtu_reason == "1400: kept for wan1 (MTU 1400) until it has been gone 30s"

@@ -137,7 +137,7 @@ async def test_converges_then_follows_carrier_events() -> None:
     kernel.executed.clear()
     kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 10, "wan0", carrier=False))
     await until(lambda: kernel.executed == ["tc qdisc del dev wan0 root teql0"])
-    assert d.counters.detaches == {"wan0": 1}
+    assert d.counters.done[("detach", "wan0")] == 1 and ("detach", "wan1") not in d.counters.done
     assert await stop(task) == 0
 
 
@@ -524,5 +524,5 @@ async def test_the_mtu_hold_running_out_wakes_the_loop_to_raise_teql0() -> None:
     deleted = loop.time()
     await until(lambda: kernel.executed == ["ip link set teql0 mtu 1500"])
     assert loop.time() - deleted >= 0.3  # held until then
-    assert d.counters.mtu_changes == {"teql0": 1}
+    assert d.counters.done.get(("mtu", "teql0")) == 1
     assert await stop(task) == 0

@@ -29,7 +29,7 @@ def make_status() -> status.Status:
     core.observe(converged(), 100.0)
     core.observe(snap, 160.0)
     return status.build(
-        config(), core, snap, version="9.9.9", attaches={"wan0": 1, "wan1": 1}, detaches={"wan1": 1},
+        config(), core, snap, version="9.9.9", done={("attach", "wan0"): 1, ("attach", "wan1"): 1, ("detach", "wan1"): 1},
         faults=(Fault("rp_filter_all", "wan0", "fix all"),), reload_successful=True,
         reload_success_time=1_700_000_000.0, resyncs=2, mono_now=200.0, wall_now=1_700_000_200.0,
     )

@@ -23,7 +23,7 @@ def published() -> status.Status:
     core = Core(config(), 0.0)
     snap = converged()
     core.observe(snap, 0.0)
-    return status.build(config(), core, snap, version="test", attaches={}, detaches={}, faults=(),
+    return status.build(config(), core, snap, version="test", done={}, faults=(),
                         reload_successful=True, reload_success_time=0.0, resyncs=0, mono_now=0.0, wall_now=0.0)
 
 
