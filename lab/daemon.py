@@ -9,6 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lab.topo import Lab
 
 REPO = Path(__file__).resolve().parent.parent
 WANBALANCED = Path(sys.executable).parent / "wanbalanced"
@@ -86,6 +90,20 @@ class Wanbalanced:
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout)
         return code, time.monotonic() - started
+
+    def flap_until_held_down(self, lab: Lab, i: int, max_flaps: int) -> None:
+        """Cut and restore line i's far end until the daemon holds its slave down
+        (at most `max_flaps` times): how many flaps reach the suppress level
+        depends on how fast the guest runs, not only on the damping settings."""
+        mark = len(self.log())
+        slave = lab.slave(i)
+        for _ in range(max_flaps):
+            lab.far_down(i)
+            lab.wait_until(lambda: not lab.attached(slave), 3)
+            lab.far_up(i)
+            if "held_down" in self.log()[mark:]:
+                return
+            lab.wait_until(lambda: lab.attached(slave), 3)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

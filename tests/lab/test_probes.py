@@ -133,13 +133,7 @@ max_suppress = "20s"
     # Three flaps reach the suppress level (2500) only if each takes under
     # 0.8 s with this half-life; in a slow guest a flap takes longer, so flap
     # until held (at 2.9 s a flap the penalty still gets there).
-    for _ in range(10):
-        lab.far_down(0)
-        lab.wait_until(lambda: not lab.attached("wan0"), 3)
-        lab.far_up(0)
-        if "held_down" in wb.log()[mark:]:
-            break
-        lab.wait_until(lambda: lab.attached("wan0"), 3)
+    wb.flap_until_held_down(lab, 0, max_flaps=10)
     line = wb.wait_log(r"WARNING wan0: down -> held_down \(flapping: penalty \d+ reached 2500; held down for \d+s\)")
     held = status(wb)["wan0"]
     assert held["state"] == "held_down" and held["held_down_until"] > time.time()

@@ -294,14 +294,7 @@ half_life = "4s"
 max_suppress = "6s"
 """)
     wb.start()
-    mark = len(wb.log())
-    for _ in range(5):
-        lab.far_down(0)
-        lab.wait_until(lambda: not lab.attached("wan0"), 3)
-        lab.far_up(0)
-        if "held_down" in wb.log()[mark:]:
-            break
-        lab.wait_until(lambda: lab.attached("wan0"), 3)
+    wb.flap_until_held_down(lab, 0, max_flaps=5)
     wb.wait_log(r"WARNING wan0: down -> held_down")
     time.sleep(0.5)
     assert "LOWER_UP" in lab.link("wan0")["flags"] and not lab.attached("wan0")
