@@ -251,6 +251,7 @@ def run_in_guest(
             f"WB_MAX_EQUALIZERS={max_equalizers}",
             f"WB_KEEP={os.path.realpath(REPO)}",
             f"WB_MODULES_DIR={chosen.modules}",
+            *chosen.args,
         ]
         tail: list[str] = []
         proc = subprocess.Popen(

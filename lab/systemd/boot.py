@@ -188,7 +188,7 @@ def run_job(
     (default: print) as they come if ``stream``.
     """
     try:
-        binary = lab_kernel.select().kernel.binary
+        chosen = lab_kernel.select().kernel
     except lab_kernel.NoKernel as exc:
         raise RuntimeError(str(exc)) from exc
     say = echo or (lambda line: print(line, flush=True))
@@ -205,7 +205,7 @@ def run_job(
     try:
         _prepare(run_root, results=results, mounts=mounts, disable=disable, hostname=hostname)
         argv = [
-            binary,
+            chosen.binary,
             f"mem={mem}",
             "root=/dev/root",
             "rootfstype=hostfs",
@@ -215,6 +215,7 @@ def run_job(
             "init=/lib/systemd/systemd",
             "con=null",
             "con0=fd:0,fd:1",
+            *chosen.args,
         ]
         start = time.monotonic()
         proc = subprocess.Popen(

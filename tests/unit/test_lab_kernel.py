@@ -67,7 +67,7 @@ def test_auto_takes_the_packaged_kernel_where_it_boots(tmp_path: Path) -> None:
     sel = choose(AUTO, pkg, new, checks)
     assert sel.kernel == pkg
     assert checks.booted == [PACKAGED]  # the newest is not even fetched
-    assert sel.line().startswith("lab: kernel 6.1.176: the packaged kernel; the packaged kernel reaches init")
+    assert sel.line().startswith("lab: kernel 6.1.176 (ptrace mode): the packaged kernel; the packaged kernel reaches init")
 
 
 def test_auto_falls_back_to_the_newest_when_the_packaged_panics(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_auto_falls_back_to_the_newest_when_the_packaged_panics(tmp_path: Path) 
     assert sel.kernel == new
     line = sel.line()
     assert "\n" not in line
-    assert line.startswith("lab: kernel 7.2.7:")
+    assert line.startswith("lab: kernel 7.2.7 (ptrace mode):")
     assert "6.1.176 does not boot here: userspace - ptrace set fp regs failed, errno = 14" in line
 
 
@@ -118,6 +118,15 @@ def test_forced_newest_is_taken_even_where_the_packaged_boots(tmp_path: Path) ->
     sel = choose(NEWEST, pkg, new, checks)
     assert sel.kernel == new and checks.booted == [NEWEST]
     assert f"forced by {lk.SPEC_ENV}=newest" in sel.why
+
+
+def test_the_chosen_kernel_boots_with_what_its_check_found(tmp_path: Path) -> None:
+    pkg, new = make_kernel(tmp_path, PACKAGED, "6.1.176"), make_kernel(tmp_path, NEWEST, "7.2.7")
+    seccomp = BootCheck(True, "reaches init on this host (checked in 0.9 s) in seccomp mode", args=(lk.SECCOMP_ARG,))
+    sel = choose(AUTO, pkg, new, Checks({PACKAGED: PANICS, NEWEST: seccomp}))
+    assert sel.kernel.args == (lk.SECCOMP_ARG,) and sel.kernel.release == "7.2.7"
+    assert sel.line().startswith("lab: kernel 7.2.7 (seccomp mode):")
+    assert choose(PACKAGED, pkg, new, Checks({PACKAGED: OK})).kernel.args == ()
 
 
 def test_a_kernel_without_the_labs_modules_is_not_booted(tmp_path: Path) -> None:
@@ -235,3 +244,84 @@ def test_from_path_finds_modules_beside_the_binary(tmp_path: Path, monkeypatch: 
     assert kernel.modules == str(tmp_path / "usr" / "lib" / "uml" / "modules" / "9.9.9")
     monkeypatch.setenv(lk.MODULES_ENV, "/elsewhere")
     assert lk.from_path(str(binary)).modules == "/elsewhere"
+
+
+def modal_uml(path: Path, seccomp_console: list[str], plain_console: list[str], counter: Path) -> Path:
+    """A stand-in for linux.uml that prints ``seccomp_console`` when booted
+    with ``seccomp=on`` and ``plain_console`` otherwise, and logs each boot's
+    arguments to ``counter``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    def echo(lines: list[str]) -> str:
+        return "\n".join(f"  echo {line!r}" for line in lines) or "  :"
+    path.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        if [ "$1" = --version ]; then echo 9.9.9; exit 0; fi
+        echo "boot $*" >> {str(counter)!r}
+        case " $* " in
+        *" seccomp=on "*)
+        """) + echo(seccomp_console) + "\n  ;;\n*)\n" + echo(plain_console) + "\n  ;;\nesac\nexit 0\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+SECCOMP_BOOT = ["Checking that seccomp filters can be installed...OK",
+                *(f"boot line {i}" for i in range(80)),  # more than the tail the probe keeps
+                lk.INIT_MARK]
+PTRACE_BOOT = ["Checking that ptrace can change system call numbers...OK", lk.INIT_MARK]
+
+
+def boots(counter: Path) -> list[str]:
+    return counter.read_text().splitlines()
+
+
+def test_a_kernel_with_seccomp_mode_boots_in_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(lk.SECCOMP_ENV, raising=False)
+    counter, cache = tmp_path / "boots", tmp_path / "checks.json"
+    binary = modal_uml(tmp_path / "linux.uml", SECCOMP_BOOT, PTRACE_BOOT, counter)
+    kernel = Kernel("x", str(binary), str(tmp_path), "9.9.9", "fake")
+    first = lk.boot_check(kernel, cache=cache)
+    assert first.ok and first.args == (lk.SECCOMP_ARG,) and first.detail.endswith("in seccomp mode")
+    again = lk.boot_check(kernel, cache=cache)
+    assert again.cached and again.args == (lk.SECCOMP_ARG,)
+    assert len(boots(counter)) == 1 and lk.SECCOMP_ARG in boots(counter)[0]
+
+
+def test_seccomp_mode_that_does_not_work_falls_back_to_ptrace(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(lk.SECCOMP_ENV, raising=False)
+    counter = tmp_path / "boots"
+    broken = ["Checking that seccomp filters can be installed...", "SECCOMP userspace requested but not functional!",
+              "Kernel panic - not syncing: Failed to start userspace"]
+    binary = modal_uml(tmp_path / "linux.uml", broken, PTRACE_BOOT, counter)
+    verdict = lk.boot_check(Kernel("x", str(binary), str(tmp_path), "9.9.9", "fake"), cache=tmp_path / "c.json")
+    assert verdict.ok and verdict.args == ()
+    assert "in ptrace mode (seccomp mode: Kernel panic - not syncing: Failed to start userspace)" in verdict.detail
+    assert [lk.SECCOMP_ARG in b for b in boots(counter)] == [True, False]
+
+
+def test_a_kernel_without_seccomp_mode_is_booted_once_and_plainly(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(lk.SECCOMP_ENV, raising=False)
+    counter = tmp_path / "boots"
+    old = ['Unknown kernel command line parameters "seccomp=on", will be passed to user space.', *PTRACE_BOOT]
+    binary = modal_uml(tmp_path / "linux.uml", old, PTRACE_BOOT, counter)
+    verdict = lk.boot_check(Kernel("x", str(binary), str(tmp_path), "9.9.9", "fake"), cache=tmp_path / "c.json")
+    assert verdict.ok and verdict.args == () and len(boots(counter)) == 1
+    # One that panics for another reason is not booted a second time either.
+    counter.unlink()
+    binary = modal_uml(tmp_path / "panics.uml", PANIC_CONSOLE, PANIC_CONSOLE, counter)
+    verdict = lk.boot_check(Kernel("y", str(binary), str(tmp_path), "9.9.9", "fake"), cache=tmp_path / "c.json")
+    assert not verdict.ok and "ptrace set fp regs failed" in verdict.detail and len(boots(counter)) == 1
+
+
+def test_seccomp_off_boots_in_ptrace_mode_and_is_remembered_apart(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    counter, cache = tmp_path / "boots", tmp_path / "checks.json"
+    binary = modal_uml(tmp_path / "linux.uml", SECCOMP_BOOT, PTRACE_BOOT, counter)
+    kernel = Kernel("x", str(binary), str(tmp_path), "9.9.9", "fake")
+    monkeypatch.setenv(lk.SECCOMP_ENV, "off")
+    off = lk.boot_check(kernel, cache=cache)
+    assert off.ok and off.args == () and lk.SECCOMP_ARG not in boots(counter)[0]
+    monkeypatch.delenv(lk.SECCOMP_ENV)
+    on = lk.boot_check(kernel, cache=cache)
+    assert on.ok and not on.cached and on.args == (lk.SECCOMP_ARG,)
