@@ -27,6 +27,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface
 from typing import ClassVar, Protocol
 
+from .defaults import is_teql_name
 from .observed import (
     DEFAULT_DST,
     IFA_F_NODAD,
@@ -47,7 +48,6 @@ from .observed import (
     Route,
     Rule,
     Snapshot,
-    is_teql_name,
 )
 
 #: Seconds to wait before retrying a write that raced a device's rename.

@@ -20,8 +20,8 @@ from typing import Annotated, Any, Iterable, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator,
                       ValidationError, ValidationInfo, model_validator)
 
-from .defaults import DEFAULT_CONTROL_SOCKET, DEFAULT_NETLINK_RCVBUF, LOG_LEVELS, LogLevel, check_socket_path
-from .observed import TEQL_LIKE, teql_number
+from .defaults import (DEFAULT_CONTROL_SOCKET, DEFAULT_NETLINK_RCVBUF, LOG_LEVELS, TEQL_LIKE, LogLevel, check_socket_path,
+                       teql_number)
 
 __all__ = ["DEFAULT_CONTROL_SOCKET", "DEFAULT_NETLINK_RCVBUF", "LOG_LEVELS", "AllDown", "Config", "ConfigError",
            "DaemonConfig", "DampingConfig", "Duration", "EqualizerConfig", "LineRouteConfig", "LineRuleConfig",

@@ -29,6 +29,7 @@ from .actions import (
 )
 from .lineroutes import plan_line_routes, plan_line_rules, plan_stray_routes, plan_stray_rules
 from .config import IPV6_DEFAULT_METRIC, Config, EqualizerConfig, ProbeConfig
+from .defaults import teql_number
 from .observed import (
     DEFAULT_DST,
     DEFAULT_DST6,
@@ -46,7 +47,6 @@ from .observed import (
     Rule,
     Snapshot,
     flag_names,
-    teql_number,
 )
 from .slave import SlaveBook, SlaveMachine, State, Transition, next_deadline
 

@@ -17,7 +17,8 @@ from collections.abc import Collection, Iterable
 
 from .actions import Action, AddLineRoute, AddLineRule, DeleteDefaultRoute, DeleteLineRoute, DeleteLineRule
 from .config import Config
-from .observed import RTN_UNICAST, Route, Rule, Snapshot, is_teql_name
+from .defaults import is_teql_name
+from .observed import RTN_UNICAST, Route, Rule, Snapshot
 
 
 def identity(route: Route) -> tuple[object, ...]:

@@ -53,9 +53,8 @@ from .observed import (
     Route,
     Rule,
     Snapshot,
-    is_teql_name,
 )
-from .defaults import DEFAULT_NETLINK_RCVBUF
+from .defaults import DEFAULT_NETLINK_RCVBUF, is_teql_name
 from .nlguard import Counts, GuardedMarshal, Skipped, dump_parser, guard
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from . import _pyroute2  # noqa: F401 - first: pyroute2 without its package __in
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_DELROUTE, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from .observed import RT_TABLE_LOCAL, RTN_NAMES, RTN_UNICAST, RTPROT_WANBALANCED, is_teql_name
+from .defaults import is_teql_name
+from .observed import RT_TABLE_LOCAL, RTN_NAMES, RTN_UNICAST, RTPROT_WANBALANCED
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ types and applies them with the methods of `Snapshot`.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+
+from .defaults import is_teql_name, teql_number
 
 # Interface flags from <linux/if.h>.
 IFF_UP = 0x1
@@ -301,20 +302,3 @@ class Snapshot:
             r for r in self.routes
             if (r.fib_key, r.oif, r.gateway, r.type) != (route.fib_key, route.oif, route.gateway, route.type)
         }
-
-
-#: The names sch_teql gives its devices: teql0, teql1, ... (no leading zero).
-TEQL_NAME = re.compile(r"teql(0|[1-9][0-9]*)")
-#: Names a slave may not have: anything that reads as a teql device.
-TEQL_LIKE = re.compile(r"teql[0-9]+")
-
-
-def teql_number(name: str) -> int | None:
-    """N of teqlN, as sch_teql names its devices; None for any other name."""
-    m = TEQL_NAME.fullmatch(name)
-    return int(m.group(1)) if m else None
-
-
-def is_teql_name(name: str) -> bool:
-    """teqlN, as sch_teql names its devices."""
-    return teql_number(name) is not None

@@ -41,7 +41,8 @@ from wanbalanced.config import (Config, ConfigError, DaemonConfig, DampingConfig
                                 ProbeConfig, SlaveConfig, load_config, parse_config)
 from wanbalanced.daemon import Daemon, Intent
 from wanbalanced.health import Damping
-from wanbalanced.observed import Snapshot, is_teql_name
+from wanbalanced.defaults import is_teql_name
+from wanbalanced.observed import Snapshot
 from wanbalanced.probe import ProbeSettings
 from wanbalanced.slave import State
 

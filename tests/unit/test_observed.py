@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from kernelstate import master, slave
 
-from wanbalanced.observed import Snapshot, is_teql_name, teql_number
+from wanbalanced.defaults import is_teql_name, teql_number
+from wanbalanced.observed import Snapshot
 
 
 def test_links_are_found_by_their_current_name() -> None:
