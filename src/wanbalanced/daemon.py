@@ -103,6 +103,9 @@ class _Backoff:
     until: float
     delay: float
     error: str
+    #: A quiet retry after an error its action calls transient: the next
+    #: failure is logged as the first and backs off from BACKOFF_FIRST.
+    quiet: bool = False
 
 
 @dataclass
@@ -450,14 +453,15 @@ class Daemon:
         old = self._backoff.get(action)
         soon = action.retry_soon(e.errno) if old is None else None
         if soon is not None:
-            # One quiet retry; the next failure is logged as an error and backs
-            # off from BACKOFF_FIRST as usual (error "" never equals its text).
             log.debug("%s: %s failed: %s; retrying in %gs", action.device, action.command(), e, soon)
-            self._backoff[action] = _Backoff(self.clock() + soon, BACKOFF_FIRST / 2, "")
+            self._backoff[action] = _Backoff(self.clock() + soon, soon, str(e), quiet=True)
             return
-        delay = BACKOFF_FIRST if old is None else min(old.delay * 2, BACKOFF_MAX)
+        if old is None or old.quiet:
+            delay, first = BACKOFF_FIRST, True
+        else:  # logged again only if the error changed
+            delay, first = min(old.delay * 2, BACKOFF_MAX), old.error != str(e)
         self._backoff[action] = _Backoff(self.clock() + delay, delay, str(e))
-        self.report.failed(action, e.detail or str(e), delay, first=old is None or old.error != str(e))
+        self.report.failed(action, e.detail or str(e), delay, first=first)
 
 
 def route_tables(config: Config) -> frozenset[int]:
