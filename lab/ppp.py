@@ -48,6 +48,7 @@ the ``Lab`` object), then removes the directory.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -239,15 +240,23 @@ def stop_all(timeout: float = 2.0) -> None:
     which ends router B's pppds too; whatever is left then gets SIGKILL."""
     if not RUN.is_dir():
         return
-    near = _pids(near_only=True)
-    for pid in near:
-        os.kill(pid, signal.SIGTERM)
-    _wait_gone(near, timeout)
-    rest = _pids()
-    for pid in rest:
-        os.kill(pid, signal.SIGKILL)
-    _wait_gone(rest, timeout)
-    for path in RUN.iterdir():
-        path.unlink()
-    RUN.rmdir()
+    for attempt in range(3):
+        near = _pids(near_only=True)
+        for pid in near:
+            os.kill(pid, signal.SIGTERM)
+        _wait_gone(near, timeout)
+        rest = _pids()
+        for pid in rest:
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(rest, timeout)
+        for path in RUN.iterdir():
+            path.unlink(missing_ok=True)
+        try:
+            RUN.rmdir()
+            return
+        except OSError as e:
+            # A pppd that was still starting (or a far one that pppd's hang-up
+            # had not ended yet) wrote its pid file or log since: once more.
+            if e.errno != errno.ENOTEMPTY or attempt == 2:
+                raise
 
