@@ -296,7 +296,8 @@ class LinkUp(OnDevice):
 class LinkDown(OnDevice):
     """Set the equalizer down to reopen it: a teql device takes the flags its
     slaves share only when it is opened (teql_master_open). The kernel flushes
-    the IPv4 routes through it, so the plan adds ours again after the LinkUp."""
+    the IPv4 routes through it, and its IPv6 addresses (keep_addr_on_down is 0
+    by default), so the plan adds ours again after the LinkUp."""
     kind = "link"
     event = "reopen"
 
@@ -306,6 +307,9 @@ class LinkDown(OnDevice):
     def expect(self, snap: Snapshot) -> None:
         # put_link drops the routes through a device that goes down, as the kernel does.
         self._change_link(snap, lambda link: dataclasses.replace(link, flags=link.flags & ~IFF_UP))
+        for address in snap.addresses_of(self.index):
+            if address.interface.version == 6:
+                snap.drop_address(address)
 
     def command(self) -> str:
         return f"ip link set {self.name} down"
@@ -358,7 +362,7 @@ class AddAddress(OnDevice):
 
     def command(self) -> str:
         nodad = " nodad" if self.address.version == 6 else ""
-        return f"ip addr add {self.address.with_prefixlen} dev {self.name} noprefixroute{nodad}"
+        return f"ip addr replace {self.address.with_prefixlen} dev {self.name} noprefixroute{nodad}"
 
     def drifted(self, snap: Snapshot) -> str:
         return f"the address of {self.name} was removed"

@@ -521,7 +521,11 @@ class Core:
         if not wanted:
             return
         out.wants[("address", eq.name)] = (master.index, *map(str, wanted))
-        have = {a.interface for a in eq.snap.addresses_of(master.index)}
+        # Setting the device down flushes its IPv6 addresses (keep_addr_on_down
+        # 0, the default): a reopen adds ours again in the same pass. Where the
+        # sysctl keeps them, that add only re-asserts one (it is a replace).
+        have = {a.interface for a in eq.snap.addresses_of(master.index)
+                if not (eq.reopening and a.interface.version == 6)}
         for address in wanted:
             if address not in have:
                 out.actions.append(AddAddress("configured address missing", eq.name, master.index, address))

@@ -488,7 +488,8 @@ class Kernel:
         await self._req.link("set", index=index, mtu=mtu)
 
     async def add_address(self, index: int, address: IPv4Interface | IPv6Interface, flags: int) -> None:
-        await self._req.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
+        # A replace: an address the kernel kept (keep_addr_on_down) is no error.
+        await self._req.addr("replace", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
                              flags=flags)
 
     async def delete_address(self, index: int, address: IPv4Interface | IPv6Interface) -> None:

@@ -48,7 +48,7 @@ def test_startup_convergence(lab: Lab, wb: Wanbalanced) -> None:
     assert min(grown) >= 5, f"round-robin over both lines, got {grown}"
     log = wb.log()
     for command in ("tc qdisc add dev wan0 root teql0", "ip link set teql0 up",
-                    "ip addr add 10.0.0.0/31 dev teql0 noprefixroute", "ip route replace default dev teql0",
+                    "ip addr replace 10.0.0.0/31 dev teql0 noprefixroute", "ip route replace default dev teql0",
                     "sysctl -w net.ipv4.conf.wan1.rp_filter=0"):
         assert command in log
 
@@ -135,7 +135,7 @@ def test_adopts_existing_setup_without_traffic_gap(lab: Lab, wb: Wanbalanced) ->
     wb.start()
     out, _ = pinger.communicate(timeout=30)
     assert " 300 received" in out and " 0% packet loss" in out, out
-    for verb in ("tc qdisc", "ip link set", "ip route replace", "ip addr add"):
+    for verb in ("tc qdisc", "ip link set", "ip route replace", "ip addr replace"):
         assert verb not in wb.log(), f"adoption must not touch a working setup:\n{wb.log()}"
     assert "teql0: 2/2 slaves attached" in wb.log()
     assert wb.run("plan").returncode == 0
@@ -234,7 +234,7 @@ def test_plan_prints_commands_and_changes_nothing(lab: Lab, wb: Wanbalanced) -> 
         "tc qdisc add dev wan0 root teql0",
         "tc qdisc add dev wan1 root teql0",
         "ip link set teql0 up",
-        "ip addr add 10.0.0.0/31 dev teql0 noprefixroute",
+        "ip addr replace 10.0.0.0/31 dev teql0 noprefixroute",
         "ip route replace default dev teql0 proto 119",
     ]
     after = run("tc", "qdisc", "show").stdout, ip("-4", "route", "show", "table", "all"), lab.rp_filter("wan1")

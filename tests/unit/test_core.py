@@ -35,7 +35,7 @@ def test_fresh_kernel_plans_the_seed_steps_in_order() -> None:
         "tc qdisc add dev wan0 root teql0",
         "tc qdisc add dev wan1 root teql0",
         "ip link set teql0 up",
-        "ip addr add 10.0.0.0/31 dev teql0 noprefixroute",
+        "ip addr replace 10.0.0.0/31 dev teql0 noprefixroute",
         "ip route replace default dev teql0 proto 119",
     ]
 

@@ -10,7 +10,10 @@ from kernelstate import config, converged, master, slave, snapshot
 from wanbalanced.actions import LinkDown, SetMtu
 from wanbalanced.config import ConfigError, parse_config
 from wanbalanced.core import Core
-from wanbalanced.observed import IFF_BROADCAST, IFF_MULTICAST, IFF_NOARP, IFF_POINTOPOINT, Snapshot
+from ipaddress import IPv6Interface
+
+from wanbalanced.observed import (DEFAULT_DST6, IFA_F_NODAD, IFA_F_NOPREFIXROUTE, IFF_BROADCAST, IFF_MULTICAST, IFF_NOARP,
+                                  IFF_POINTOPOINT, RTPROT_WANBALANCED, Address, Route, Snapshot)
 from wanbalanced.slave import State
 
 PPP = IFF_POINTOPOINT | IFF_NOARP | IFF_MULTICAST
@@ -225,6 +228,33 @@ def test_a_ppp_slave_beside_ethernet_ones_reopens_teql0_and_re_adds_the_route() 
     assert not plan.drift and not plan.faults  # done on purpose, not a repair
     # Opening teql0 takes the smallest MTU: no separate MTU write.
     assert not any(isinstance(a, SetMtu) for a in plan.actions)
+
+
+def test_a_reopen_adds_back_in_the_same_pass_the_ipv6_address_the_kernel_flushes() -> None:
+    # Setting teql0 down flushes its IPv6 addresses (keep_addr_on_down 0):
+    # putting it back is part of the reopen, not a drift repair a pass later.
+    core = Core(config(cfg(address6="2001:db8:ff::a/128")), 0.0)
+    snap = snapshot(master(up=True, flags=ETHER), slave(10, "wan0", teql="teql0"), address=True, default_route=True)
+    snap.put_address(Address(2, IPv6Interface("2001:db8:ff::a/128"), IFA_F_NOPREFIXROUTE | IFA_F_NODAD))
+    snap.put_route(Route(254, DEFAULT_DST6, 1024, 2, proto=RTPROT_WANBALANCED))
+    core.observe(snap, 0.0)
+    assert core.plan(snap).converged
+    core.settle(snap)
+    snap.put_link(slave(42, "wan1", mtu=1492, flags=PPP))  # pppd dialled in
+    core.observe(snap, 1.0)
+    plan = core.plan(snap)
+    assert [a.command() for a in plan.actions] == [
+        "ip link set teql0 down", "tc qdisc add dev wan1 root teql0", "ip link set teql0 up",
+        "ip addr replace 2001:db8:ff::a/128 dev teql0 noprefixroute nodad",
+        "ip route replace default dev teql0 proto 119", "ip -6 route replace default dev teql0 metric 1024 proto 119",
+    ]
+    assert not plan.drift
+    for action in plan.actions:
+        action.expect(snap)
+    assert sorted(str(a.interface) for a in snap.addresses_of(2)) == ["10.0.0.0/31", "2001:db8:ff::a/128"]
+    core.observe(snap, 1.0)
+    after = core.plan(snap)
+    assert after.converged and not after.drift
 
 
 def test_a_reopen_keeps_the_configured_mtu_cap() -> None:

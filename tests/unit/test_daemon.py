@@ -131,7 +131,7 @@ async def test_converges_then_follows_carrier_events() -> None:
         "tc qdisc add dev wan0 root teql0",
         "tc qdisc add dev wan1 root teql0",
         "ip link set teql0 up",
-        "ip addr add 10.0.0.0/31 dev teql0 noprefixroute",
+        "ip addr replace 10.0.0.0/31 dev teql0 noprefixroute",
         "ip route replace default dev teql0 proto 119",
     ]
     kernel.executed.clear()

@@ -229,8 +229,8 @@ def test_ipv6_address_and_default_route_follow_the_same_rules() -> None:
     core = Core(config(V6), 0.0)
     done = converge(core, snap, 0.0)
     assert done[-4:] == [
-        "ip addr add 10.0.0.0/31 dev teql0 noprefixroute",
-        "ip addr add 2001:db8:ff::a/128 dev teql0 noprefixroute nodad",
+        "ip addr replace 10.0.0.0/31 dev teql0 noprefixroute",
+        "ip addr replace 2001:db8:ff::a/128 dev teql0 noprefixroute nodad",
         "ip route replace default dev teql0 proto 119",
         "ip -6 route replace default dev teql0 metric 1024 proto 119",
     ]

@@ -116,7 +116,7 @@ def test_each_action_is_one_pyroute2_call() -> None:
         ("tc", ("replace", "teql0", 3, 0), {}),
         ("tc", ("del", "teql0", 3, 0), {}),
         ("link", ("set",), {"index": 2, "state": "up"}),
-        ("addr", ("add",), {"index": 2, "address": "10.0.0.0", "prefixlen": 31, "flags": 0x200}),
+        ("addr", ("replace",), {"index": 2, "address": "10.0.0.0", "prefixlen": 31, "flags": 0x200}),
         ("addr", ("del",), {"index": 2, "address": "10.0.0.0", "prefixlen": 31}),
         ("route", ("del",), {"dst": "10.0.0.0/31", "oif": 2, "table": 100, "family": AF_INET, "proto": 2,
                              "scope": 253}),
