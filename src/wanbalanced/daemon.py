@@ -96,6 +96,10 @@ READER = "netlink events"
 MAX_QUEUED_EVENTS = 20_000
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 MAX_PASSES = 8  # plan/execute passes per wake-up; more means the kernel fights back
+# After our writes, turns of the event loop without a new event before the
+# reader counts as caught up (a datagram takes two: read, then parsed), and
+# the most turns to wait for that, in case the kernel never falls silent.
+CATCH_UP_IDLE_TURNS, CATCH_UP_MAX_TURNS = 4, 2_000
 
 
 @dataclass
@@ -400,27 +404,52 @@ class Daemon:
         or a delay running out), to measure failover latency; None at start-up,
         on reload and on resync, where no single cause exists."""
         try:
-            for _ in range(MAX_PASSES):
-                now = self.clock()
-                self.report.transitions(self.core.observe(self.snap, now))
-                plan = self.core.plan(self.snap)
-                self.report.update_faults(plan.faults)
-                self._backoff = {a: b for a, b in self._backoff.items() if a in plan.actions}
-                runnable = [a for a in plan.actions if a not in self._backoff or self._backoff[a].until <= now]
-                if not plan.actions:
-                    self.core.settle(self.snap)
-                if not runnable:
-                    return
-                progressed = False
-                for action in runnable:
-                    done = await self._execute(action, woke)
-                    if done and action.key in plan.drift:
-                        self.counters.drift[action.kind] = self.counters.drift.get(action.kind, 0) + 1
-                    progressed |= done
-                if not progressed:
-                    return
+            wrote = await self._passes(woke)
         finally:
             self.probes.sync(self.snap)
+        if wrote:
+            await self._catch_up()
+
+    async def _passes(self, woke: float | None) -> bool:
+        """Up to MAX_PASSES of observe, plan, execute; whether any write was done."""
+        wrote = False
+        for _ in range(MAX_PASSES):
+            now = self.clock()
+            self.report.transitions(self.core.observe(self.snap, now))
+            plan = self.core.plan(self.snap)
+            self.report.update_faults(plan.faults)
+            self._backoff = {a: b for a, b in self._backoff.items() if a in plan.actions}
+            runnable = [a for a in plan.actions if a not in self._backoff or self._backoff[a].until <= now]
+            if not plan.actions:
+                self.core.settle(self.snap)
+            if not runnable:
+                return wrote
+            progressed = False
+            for action in runnable:
+                done = await self._execute(action, woke)
+                if done and action.key in plan.drift:
+                    self.counters.drift[action.kind] = self.counters.drift.get(action.kind, 0) + 1
+                progressed |= done
+            wrote |= progressed
+            if not progressed:
+                return wrote
+        return wrote
+
+    async def _catch_up(self) -> None:
+        """Let the event reader take all the kernel announced of our writes.
+
+        The kernel queues a write's notifications on the event socket before it
+        acknowledges the write, but the reader takes one datagram per turn of
+        the loop. Woken by part of them, the next plan would see a state older
+        than our writes and "repair" it: a reopen's flush of teql0's IPv6
+        address, announced after the daemon had added it back, read as drift."""
+        idle = 0
+        for _ in range(CATCH_UP_MAX_TURNS):
+            before = self._queue.qsize()
+            await asyncio.sleep(0)
+            idle = 0 if self._queue.qsize() != before else idle + 1
+            if idle >= CATCH_UP_IDLE_TURNS:
+                return
 
     async def _execute(self, action: Action, woke: float | None) -> bool:
         try:

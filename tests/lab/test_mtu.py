@@ -16,7 +16,7 @@ import time
 import pytest
 
 from lab.daemon import Wanbalanced
-from lab.topo import FAR_ADDR, LOCAL_ADDR, Lab, ip_json, run
+from lab.topo import FAR_ADDR, FAR_ADDR6, LOCAL_ADDR, LOCAL_ADDR6, Lab, ip_json, run
 from lab.tunline import TunLine
 
 
@@ -199,6 +199,41 @@ def test_a_ppp_like_line_beside_ethernet_lines_reopens_teql0(lab: Lab, wb: Wanba
         lab.wait_until(lambda: lab.attached("wan2"), 5, what="wan2 attached after the redial")
         assert wb.log().count("ip link set teql0 down") == 1  # no second reopen
         assert lab.ping(10, interval=0.02) == 10
+    finally:
+        line.hang_up()
+
+
+@pytest.mark.lab_setup(n_slaves=3, ipv6=True)
+def test_a_reopen_puts_back_the_ipv6_address_and_default_route_it_flushed(lab: Lab, wb: Wanbalanced) -> None:
+    # Taking teql0 down flushes its IPv6 addresses (keep_addr_on_down is 0),
+    # and with them ::/0 through it; the same reaction must put both back.
+    lab.delete_slave(2)
+    line = TunLine(2, mtu=1492)
+    wb.write_config(config(("wan0", "wan1", "wan2"), address6=f"{LOCAL_ADDR6}/128"))
+    wb.start()
+
+    def v6() -> tuple[list[str], list[str | None]]:
+        addrs = [str(a["local"]) for a in lab.address_info("teql0") if a.get("family") == "inet6"]
+        routes = [r.get("dev") for r in ip_json("-6", "route", "show", "default", "table", "main")]  # type: ignore[misc]
+        return addrs, routes
+
+    assert v6() == ([LOCAL_ADDR6], ["teql0"])
+    assert lab.ping(6, interval=0.05, dst=FAR_ADDR6, src=LOCAL_ADDR6) == 6
+    try:
+        line.dial()
+        lab.wait_until(lambda: lab.attached("wan2"), 5, what="wan2 (POINTOPOINT) attached")
+        lab.wait_until(lambda: v6() == ([LOCAL_ADDR6], ["teql0"]), 2, what="teql0's IPv6 address and ::/0 back")
+        log = wb.log()
+        assert log.count("ip link set teql0 down") == 1, log
+        reopen = log[log.index("ip link set teql0 down"):]
+        assert f"ip addr replace {LOCAL_ADDR6}/128 dev teql0" in reopen, reopen
+        assert "ip -6 route replace default dev teql0" in reopen, reopen
+        assert "drift" not in log
+        # IPv6 works again once the point-to-point line (IPv4 only here) is gone.
+        line.hang_up()
+        lab.wait_until(lambda: not lab.attached("wan2"), 5, what="wan2 gone")
+        assert lab.ping(10, interval=0.05, dst=FAR_ADDR6, src=LOCAL_ADDR6) == 10
+        assert v6() == ([LOCAL_ADDR6], ["teql0"])
     finally:
         line.hang_up()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
@@ -37,4 +38,12 @@ def route_msg(event: str, oif: int, *, dst: str | None = None, dst_len: int = 0,
     m["proto"], m["scope"], m["tos"] = 3, 0, 0
     m["header"] = {"flags": flags}
     m["attrs"] = [("RTA_OIF", oif), ("RTA_PRIORITY", prio)] + ([("RTA_DST", dst)] if dst else [])
+    return m
+
+
+def addr_msg(event: str, index: int, address: str, prefixlen: int, flags: int = 0) -> Any:
+    m = ifaddrmsg()
+    m["family"] = socket.AF_INET6 if ":" in address else socket.AF_INET
+    m["index"], m["prefixlen"], m["flags"], m["event"] = index, prefixlen, flags & 0xFF, event
+    m["attrs"] = [("IFA_ADDRESS", address), ("IFA_FLAGS", flags)]
     return m

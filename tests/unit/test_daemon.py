@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from kernelstate import config, master, slave, snapshot
-from messages import link_msg
+from messages import addr_msg, link_msg
 
 from wanbalanced import daemon as daemon_mod
 from wanbalanced.actions import Action
@@ -28,7 +28,10 @@ from wanbalanced.core import Core
 from wanbalanced.daemon import Daemon, Event, Intent, KernelEdge
 from wanbalanced.netlink import KernelError, expect
 from wanbalanced.notify import Notifier
-from wanbalanced.observed import Link, LinkStats, Snapshot
+from ipaddress import IPv6Interface
+
+from wanbalanced.observed import (DEFAULT_DST6, IFA_F_NODAD, IFA_F_NOPREFIXROUTE, IFF_BROADCAST, IFF_MULTICAST,
+                                  RTPROT_WANBALANCED, Address, Link, LinkStats, Route, Snapshot)
 
 
 def run_async(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -525,4 +528,63 @@ async def test_the_mtu_hold_running_out_wakes_the_loop_to_raise_teql0() -> None:
     await until(lambda: kernel.executed == ["ip link set teql0 mtu 1500"])
     assert loop.time() - deleted >= 0.3  # held until then
     assert d.counters.done.get(("mtu", "teql0")) == 1
+    assert await stop(task) == 0
+
+
+class AnnouncingKernel(FakeKernel):
+    """A fake that announces the IPv6 address a reopen flushes and the one the
+    daemon adds back, as the kernel does: in order, each datagram a turn of the
+    event loop behind the acknowledgement of the write that caused it."""
+
+    V6 = "2001:db8:ff::a"
+
+    def __init__(self, truth: Snapshot) -> None:
+        super().__init__(truth)
+        self.backlog: asyncio.Queue[Event] = asyncio.Queue()
+        self.trickler: asyncio.Task[None] | None = None
+
+    async def _trickle(self) -> None:
+        while True:
+            msg = await self.backlog.get()
+            await asyncio.sleep(0)
+            self.events_in.put_nowait(msg)
+
+    async def execute(self, action: Action) -> None:
+        await super().execute(action)
+        if self.trickler is None:
+            self.trickler = asyncio.create_task(self._trickle())
+        flags = IFA_F_NOPREFIXROUTE | IFA_F_NODAD
+        if action.command() == "ip link set teql0 down":
+            self.backlog.put_nowait(addr_msg("RTM_DELADDR", 2, self.V6, 128, flags))
+        elif action.command().startswith(f"ip addr replace {self.V6}/128"):
+            self.backlog.put_nowait(addr_msg("RTM_NEWADDR", 2, self.V6, 128, flags))
+
+
+@run_async
+async def test_the_next_plan_waits_for_the_kernels_word_on_our_own_writes() -> None:
+    # A reopen flushes teql0's IPv6 address and the daemon adds it back in the
+    # same pass; woken by the flush's announcement alone, it would "repair"
+    # a state older than its own writes, and count that as drift.
+    truth = snapshot(master(up=True, flags=IFF_BROADCAST | IFF_MULTICAST), slave(10, "wan0", teql="teql0"),
+                     address=True, default_route=True)
+    truth.put_address(Address(2, IPv6Interface(f"{AnnouncingKernel.V6}/128"), IFA_F_NOPREFIXROUTE | IFA_F_NODAD))
+    truth.put_route(Route(254, DEFAULT_DST6, 1024, 2, proto=RTPROT_WANBALANCED))
+    kernel = AnnouncingKernel(truth)
+    d = Daemon(config(DAEMON_CONFIG + f'address6 = "{AnnouncingKernel.V6}/128"\n'), kernel)
+    task = asyncio.create_task(d.run())
+    await until(lambda: kernel.dumps >= 1 and not d.core.plan(d.snap).actions)
+    assert kernel.executed == []
+    # wan1 dials in without BROADCAST: teql0 is reopened for it.
+    kernel.truth.put_link(slave(11, "wan1", flags=0))
+    kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 11, "wan1"))
+    await until(lambda: "ip link set teql0 up" in kernel.executed)
+    await until(lambda: kernel.backlog.empty() and kernel.events_in.empty())
+    await asyncio.sleep(0.05)
+    assert kernel.executed[:5] == ["sysctl -w net.ipv4.conf.wan1.rp_filter=0", "ip link set teql0 down",
+                                   "tc qdisc add dev wan1 root teql0", "ip link set teql0 up",
+                                   f"ip addr replace {AnnouncingKernel.V6}/128 dev teql0 noprefixroute nodad"]
+    assert kernel.executed.count(f"ip addr replace {AnnouncingKernel.V6}/128 dev teql0 noprefixroute nodad") == 1
+    assert d.counters.drift == {}
+    assert [a.interface for a in d.snap.addresses_of(2) if a.interface.version == 6] == \
+        [IPv6Interface(f"{AnnouncingKernel.V6}/128")]
     assert await stop(task) == 0
