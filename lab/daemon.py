@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,16 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 WANBALANCED = Path(sys.executable).parent / "wanbalanced"
+
+#: Where CONFIG_2's daemon serves its metrics.
+METRICS_URL = "http://127.0.0.1:9783/metrics"
+
+
+def scrape(url: str = METRICS_URL) -> str:
+    """The daemon's metrics page, as Prometheus would get it."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
+
 
 CONFIG_2 = """
 [daemon]

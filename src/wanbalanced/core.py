@@ -52,7 +52,9 @@ from .slave import SlaveBook, SlaveMachine, State, Transition, next_deadline
 
 
 #: What can be wrong that only the operator can fix (the metrics' `kind` label).
-FaultKind = Literal["refused", "missing_equalizer", "module_not_loaded", "route_clash", "rp_filter_all"]
+#: `write_failed` is the loop's: a kernel write that failed and is retried with back-off.
+FaultKind = Literal["refused", "missing_equalizer", "module_not_loaded", "route_clash", "rp_filter_all",
+                    "write_failed"]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 
 

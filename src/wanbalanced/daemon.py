@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from . import __version__, status
 from .actions import Action, Attach
 from .config import Config, ConfigError, load_config
-from .core import Core
+from .core import Core, Fault
 from .logs import fields, set_level
 from .metrics import FAILOVER_EVENTS, Metrics
 from .netlink import Kernel, KernelError, apply_event, expect
@@ -417,8 +417,8 @@ class Daemon:
             now = self.clock()
             self.report.transitions(self.core.observe(self.snap, now))
             plan = self.core.plan(self.snap)
-            self.report.update_faults(plan.faults)
             self._backoff = {a: b for a, b in self._backoff.items() if a in plan.actions}
+            self.report.update_faults(plan.faults + self._write_faults())
             runnable = [a for a in plan.actions if a not in self._backoff or self._backoff[a].until <= now]
             if not plan.actions:
                 self.core.settle(self.snap)
@@ -434,6 +434,17 @@ class Daemon:
             if not progressed:
                 return wrote
         return wrote
+
+    def _write_faults(self) -> tuple[Fault, ...]:
+        """A fault per device with a write in back-off (a quiet retry is none
+        yet): it stays until the write succeeds or is no longer wanted."""
+        faults: dict[str, Fault] = {}
+        for action, backoff in self._backoff.items():
+            if not backoff.quiet and action.device not in faults:
+                faults[action.device] = Fault("write_failed", action.device,
+                                              f"{action.device}: {backoff.error}; retried with back-off until it "
+                                              "succeeds")
+        return tuple(faults.values())
 
     async def _catch_up(self) -> None:
         """Let the event reader take all the kernel announced of our writes.

@@ -79,7 +79,8 @@ class Reporter:
     def update_faults(self, faults: tuple[Fault, ...]) -> None:
         now = {f.key: f for f in faults}
         for key, fault in now.items():
-            if key not in self.faults:
+            # A failed write was logged by `failed`, with its retry delay.
+            if key not in self.faults and fault.kind != "write_failed":
                 log.error("%s", fault.message, extra=fields(**self._where(fault.device), event="fault",
                                                             fault=fault.kind, reason=fault.message))
         for key, fault in self.faults.items():

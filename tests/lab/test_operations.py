@@ -10,19 +10,13 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 
 import pytest
 
-from lab.daemon import CONFIG_2, REPO, WANBALANCED, Wanbalanced
+from lab.daemon import CONFIG_2, REPO, WANBALANCED, Wanbalanced, scrape
 from lab.topo import FAR_ADDR, LOCAL_ADDR, Lab
 
 PROMTOOL = REPO / ".lab/tools/usr/bin/promtool"
-
-
-def scrape() -> str:
-    with urllib.request.urlopen("http://127.0.0.1:9783/metrics", timeout=5) as r:
-        return str(r.read().decode())
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

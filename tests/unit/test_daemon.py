@@ -145,17 +145,26 @@ async def test_converges_then_follows_carrier_events() -> None:
 
 
 @run_async
-async def test_failed_write_is_retried_with_backoff_and_logged_once(
+async def test_a_failed_write_is_retried_with_backoff_logged_once_and_a_fault_until_it_succeeds(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(daemon_mod, "BACKOFF_FIRST", 0.05)
     kernel = FakeKernel(fresh())
-    kernel.failures["ip route replace default dev teql0 proto 119"] = [errno.EBUSY, errno.EBUSY]
+    write = "ip route replace default dev teql0 proto 119"
+    kernel.failures[write] = [errno.EBUSY, errno.EBUSY]
     with caplog.at_level(logging.DEBUG, logger="wanbalanced"):
-        d, task = await start(kernel)
-        await until(lambda: "ip route replace default dev teql0 proto 119" in kernel.executed)
+        d = Daemon(config(DAEMON_CONFIG), kernel)
+        task = asyncio.create_task(d.run())
+        await until(lambda: "write_failed:teql0" in d.report.faults)
+        fault = d.report.faults["write_failed:teql0"]
+        assert fault.message == f"teql0: {write}: Device or resource busy; retried with back-off until it succeeds"
+        assert [f["kind"] for f in d.status.to_json()["faults"]] == ["write_failed"]  # type: ignore[union-attr]
+        await until(lambda: write in kernel.executed and not d.report.faults)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "Device or resource busy" in errors[0].getMessage()
+    assert len(errors) == 1 and "Device or resource busy; retrying in 0.05s" in errors[0].getMessage(), \
+        "logged once: the fault adds no second line"
+    assert [r.getMessage() for r in caplog.records if "resolved" in r.getMessage()] == [
+        f"teql0: resolved: {fault.message}"]
     assert not d._backoff
     assert await stop(task) == 0
 
