@@ -135,6 +135,15 @@ class Kernel:
         """Modules the lab needs that this kernel's directory lacks."""
         return [m for m in REQUIRED_MODULES if not os.path.isfile(os.path.join(self.modules, m))]
 
+    def argv(self, *, mem: str, init: str, root: str = "/", extra: Sequence[str] = ()) -> list[str]:
+        """The command line that boots it on the host's files at ``root``
+        (hostfs, writable) with ``init``, its console on our stdin and stdout,
+        quiet, with ``extra`` and what its boot check found (``args``)."""
+        return [
+            self.binary, f"mem={mem}", "root=/dev/root", "rootfstype=hostfs", f"rootflags={root}", "rw", "quiet",
+            f"init={init}", "con=null", "con0=fd:0,fd:1", *extra, *self.args,
+        ]
+
 
 @dataclasses.dataclass(frozen=True)
 class BootCheck:

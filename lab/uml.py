@@ -217,7 +217,6 @@ def run_in_guest(
     if reason is not None:
         raise RuntimeError(f"lab not available: {reason}")
     chosen = lab_kernel.select(kernel).kernel
-    binary = chosen.binary
     env = {
         "WB_LAB_KERNEL_RELEASE": chosen.release,
         "WB_LAB_KERNEL_ORIGIN": chosen.origin,
@@ -236,23 +235,12 @@ def run_in_guest(
         (jobdir / "command.sh").write_text(command + "\n")
         job.write_text(_job_script(cwd, env))
         rcfile = jobdir / "rc"
-        argv = [
-            binary,
-            f"mem={mem}",
-            "root=/dev/root",
-            "rootfstype=hostfs",
-            "rootflags=/",
-            "rw",
-            "quiet",
-            f"init={INIT}",
-            "con=null",
-            "con0=fd:0,fd:1",
+        argv = chosen.argv(mem=mem, init=str(INIT), extra=(
             f"WB_JOB={job}",
             f"WB_MAX_EQUALIZERS={max_equalizers}",
             f"WB_KEEP={os.path.realpath(REPO)}",
             f"WB_MODULES_DIR={chosen.modules}",
-            *chosen.args,
-        ]
+        ))
         tail: list[str] = []
         proc = subprocess.Popen(
             argv,

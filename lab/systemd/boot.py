@@ -204,19 +204,7 @@ def run_job(
     prepare_seconds = time.monotonic() - prepare_start
     try:
         _prepare(run_root, results=results, mounts=mounts, disable=disable, hostname=hostname)
-        argv = [
-            chosen.binary,
-            f"mem={mem}",
-            "root=/dev/root",
-            "rootfstype=hostfs",
-            f"rootflags={_fstab_path(str(run_root), 'root')}",
-            "rw",
-            "quiet",
-            "init=/lib/systemd/systemd",
-            "con=null",
-            "con0=fd:0,fd:1",
-            *chosen.args,
-        ]
+        argv = chosen.argv(mem=mem, init="/lib/systemd/systemd", root=_fstab_path(str(run_root), "root"))
         start = time.monotonic()
         proc = subprocess.Popen(
             argv,

@@ -7,6 +7,7 @@ UML prints when it panics at init or reaches it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import textwrap
@@ -325,3 +326,11 @@ def test_seccomp_off_boots_in_ptrace_mode_and_is_remembered_apart(tmp_path: Path
     monkeypatch.delenv(lk.SECCOMP_ENV)
     on = lk.boot_check(kernel, cache=cache)
     assert on.ok and not on.cached and on.args == (lk.SECCOMP_ARG,)
+
+
+def test_every_guest_boots_with_what_the_check_found() -> None:
+    kernel = Kernel("newest", "/k/linux.uml", "/k/modules/7.2.7", "7.2.7", "fake", args=(lk.SECCOMP_ARG,))
+    argv = kernel.argv(mem="1G", init="/lib/systemd/systemd", root="/srv/root", extra=("WB_JOB=/j",))
+    assert argv[0] == "/k/linux.uml" and argv[-2:] == ["WB_JOB=/j", lk.SECCOMP_ARG]
+    assert {"mem=1G", "rootfstype=hostfs", "rootflags=/srv/root", "init=/lib/systemd/systemd", "rw"} <= set(argv)
+    assert lk.SECCOMP_ARG not in dataclasses.replace(kernel, args=()).argv(mem="1G", init="/sbin/init")
