@@ -31,7 +31,7 @@ from typing import Any
 from lab.daemon import WANBALANCED
 from lab.topo import NS, batch
 
-from .contenders import WORK, Contender, Wb, by_name
+from .contenders import BARE_LOOP, WORK, Contender, Wb, by_name
 from .events import Observer, reaction
 from .lines import Lines
 from .stats import summary
@@ -181,6 +181,21 @@ def _time_to_ready(config: str, timeout: float = 60.0, *, then: Callable[[], Non
         sock.close()
 
 
+def _bare_loop_seconds(slaves: list[str]) -> float:
+    """Seconds from launching the bare asyncio + pyroute2 loop (the reaction's
+    reference) to its "ready", once subscribed: the floor of a Python daemon's start."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", BARE_LOOP, *slaves], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("bare loop did not start")
+        return time.monotonic() - t0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def _command_seconds(argv: list[str], runs: int) -> list[float]:
     """Wall time of `argv`, `runs` times (its exit status is not judged: `status` of a
     daemon that is starting exits 4)."""
@@ -212,6 +227,7 @@ def startup_one(variant: str, lines: Lines, n: int, runs: int) -> dict[str, Any]
     cold: list[float] = []
     warm: list[float] = []
     with_endpoint: list[float] = []
+    bare: list[float] = []
     cli: dict[str, list[float]] = {}
 
     def commands() -> None:
@@ -226,10 +242,12 @@ def startup_one(variant: str, lines: Lines, n: int, runs: int) -> dict[str, Any]
             cold.append(_time_to_ready(str(config)))
             warm.append(_time_to_ready(str(config)))
             with_endpoint.append(_time_to_ready(str(operated), then=commands if i == 0 else None))
+            bare.append(_bare_loop_seconds(lines.slaves))
     finally:
         lines.teardown()
     return {"cold_s": cold, "warm_s": warm, "cold": summary(cold), "warm": summary(warm),
             "warm_operated_s": with_endpoint, "warm_operated": summary(with_endpoint),
+            "bare_loop_s": bare, "bare_loop": summary(bare),
             "cli_s": cli, "cli": {name: summary(v) for name, v in cli.items()}}
 
 

@@ -222,16 +222,17 @@ def cost_block(data: J) -> str:
             for n, cell in sorted(per.items(), key=lambda kv: int(kv[0])):
                 reason = _skip(cell)
                 if reason is not None:
-                    rows.append([f"`{name}`", n, reason, ""])
+                    rows.append([f"`{name}`", n, reason, "", "", ""])
                     continue
                 rows.append([f"`{name}`", n, *(_span(cell[k]) if k in cell else "–"
-                                                for k in ("cold", "warm", "warm_operated"))])
+                                                for k in ("cold", "warm", "warm_operated", "bare_loop"))])
                 for command, times in cell.get("cli", {}).items():
                     cli_rows.append([f"`{name}`", n, f"`{command}`", _span(times)])
         parts.append("**Start-up**, launch to `READY=1`, median [min–max]; *cold*: nothing set up, the daemon "
                      "attaches every slave first; *warm*: a restart on a converged kernel; *operated*: warm, "
-                     "with the metrics endpoint and the control socket on, as installed:\n\n"
-                     + _table(["daemon", "slaves", "cold", "warm", "warm, operated"], rows))
+                     "with the metrics endpoint and the control socket on, as installed; *bare loop*: the "
+                     "reference of the same run, the bare asyncio + pyroute2 loop from launch to subscribed:\n\n"
+                     + _table(["daemon", "slaves", "cold", "warm", "warm, operated", "bare loop"], rows))
         if cli_rows:
             parts.append("**Commands** beside the running daemon, wall time, median [min–max]; `python` is a bare "
                          "`python -c pass`, the reference measured in the same run:\n\n"
