@@ -273,9 +273,13 @@ class Daemon:
         """Until told to stop (returns 0) or a task gave up (returns 1)."""
         while True:
             try:
-                first = await asyncio.wait_for(self._queue.get(), self._timeout())
+                # Not wait_for, which runs the get in a task of its own: the
+                # loop would wake turns after the event was queued, and in the
+                # lab's guest every turn is system calls.
+                async with asyncio.timeout(self._timeout()):
+                    first = await self._queue.get()
                 items = [first, *self._take_queued()]
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 items = []  # a delay or a back-off ran out
             woke = self.clock()
             intents = {i for i in items if isinstance(i, Intent)}
@@ -413,27 +417,31 @@ class Daemon:
     async def _passes(self, woke: float | None) -> bool:
         """Up to MAX_PASSES of observe, plan, execute; whether any write was done."""
         wrote = False
-        for _ in range(MAX_PASSES):
-            now = self.clock()
-            self.report.transitions(self.core.observe(self.snap, now))
-            plan = self.core.plan(self.snap)
-            self._backoff = {a: b for a, b in self._backoff.items() if a in plan.actions}
-            self.report.update_faults(plan.faults + self._write_faults())
-            runnable = [a for a in plan.actions if a not in self._backoff or self._backoff[a].until <= now]
-            if not plan.actions:
-                self.core.settle(self.snap)
-            if not runnable:
-                return wrote
-            progressed = False
-            for action in runnable:
-                done = await self._execute(action, woke)
-                if done and action.key in plan.drift:
-                    self.counters.drift[action.kind] = self.counters.drift.get(action.kind, 0) + 1
-                progressed |= done
-            wrote |= progressed
-            if not progressed:
-                return wrote
-        return wrote
+        try:
+            for _ in range(MAX_PASSES):
+                now = self.clock()
+                # Logged once the pass's first write is done (Reporter.hold).
+                self.report.hold(self.core.observe(self.snap, now))
+                plan = self.core.plan(self.snap)
+                self._backoff = {a: b for a, b in self._backoff.items() if a in plan.actions}
+                self.report.update_faults(plan.faults + self._write_faults())
+                runnable = [a for a in plan.actions if a not in self._backoff or self._backoff[a].until <= now]
+                if not plan.actions:
+                    self.core.settle(self.snap)
+                if not runnable:
+                    return wrote
+                progressed = False
+                for action in runnable:
+                    done = await self._execute(action, woke)
+                    if done and action.key in plan.drift:
+                        self.counters.drift[action.kind] = self.counters.drift.get(action.kind, 0) + 1
+                    progressed |= done
+                wrote |= progressed
+                if not progressed:
+                    return wrote
+            return wrote
+        finally:
+            self.report.flush()
 
     def _write_faults(self) -> tuple[Fault, ...]:
         """A fault per device with a write in back-off (a quiet retry is none

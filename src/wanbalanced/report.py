@@ -26,6 +26,18 @@ class Reporter:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.faults: dict[str, Fault] = {}
+        self._held: list[Transition] = []
+
+    def hold(self, transitions: list[Transition]) -> None:
+        """Log these transitions after the write that follows them: a line is
+        taken out first, and said to be down a moment later, in that order."""
+        self._held.extend(transitions)
+
+    def flush(self) -> None:
+        """Log the transitions held, if any."""
+        if self._held:
+            held, self._held = self._held, []
+            self.transitions(held)
 
     def transitions(self, transitions: list[Transition]) -> None:
         """Log each transition; a zero delay's pair (up -> down_delay -> down)
@@ -42,6 +54,7 @@ class Reporter:
             i += 1
 
     def transition(self, t: Transition) -> None:
+        self.flush()
         level = logging.WARNING if t.new in _GOING_DOWN else NOTICE
         if t.event is Event.REUSE:
             level = NOTICE  # released from a hold-down: on its way back
@@ -58,6 +71,7 @@ class Reporter:
 
     def write(self, action: Action, took_ms: float | None) -> None:
         """A kernel write that succeeded, as its equivalent command."""
+        self.flush()
         event = "drift" if action.drift is not None else action.event
         when = f"; {took_ms:.1f} ms after the event" if took_ms is not None else ""
         log.log(_WRITE_LEVELS.get(event, logging.INFO), "%s: %s (%s%s)", action.device, action.command(),
@@ -65,6 +79,7 @@ class Reporter:
                                                 command=action.command()))
 
     def refused(self, action: Attach, message: str) -> None:
+        self.flush()
         log.error("%s", message, extra=fields(equalizer=action.equalizer, slave=action.slave, event="refused",
                                               fault="refused", reason=message, command=action.command()))
         # Logged here with its cause; the plan's fault must not repeat it.
@@ -72,6 +87,7 @@ class Reporter:
         self.faults[fault.key] = fault
 
     def failed(self, action: Action, error: str, retry_in: float, first: bool) -> None:
+        self.flush()
         log.log(logging.ERROR if first else logging.DEBUG, "%s: %s failed: %s; retrying in %gs",
                 action.device, action.command(), error, retry_in,
                 extra=fields(**self._where(action.device), event="error", reason=error, command=action.command()))

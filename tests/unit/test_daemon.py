@@ -145,6 +145,31 @@ async def test_converges_then_follows_carrier_events() -> None:
 
 
 @run_async
+async def test_a_line_is_taken_out_before_anything_is_logged_about_it(caplog: pytest.LogCaptureFixture) -> None:
+    # A log record is system calls (and a journald round trip): the detach
+    # goes first, then the state change and the write are logged, in order.
+    logged_at_execute: list[list[str]] = []
+
+    class Watching(FakeKernel):
+        async def execute(self, action: Action) -> None:
+            logged_at_execute.append([r.getMessage() for r in caplog.records])
+            await super().execute(action)
+
+    kernel = Watching(fresh())
+    with caplog.at_level(logging.INFO, logger="wanbalanced"):
+        d, task = await start(kernel)
+        caplog.clear()
+        logged_at_execute.clear()
+        kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 10, "wan0", carrier=False))
+        await until(lambda: "tc qdisc del dev wan0 root teql0" in kernel.executed and len(caplog.records) >= 2)
+    assert logged_at_execute == [[]], "nothing logged before the detach"
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "wan0: up -> down (carrier lost)"
+    assert messages[1].startswith("wan0: tc qdisc del dev wan0 root teql0 (carrier lost; ")
+    assert await stop(task) == 0
+
+
+@run_async
 async def test_a_failed_write_is_retried_with_backoff_logged_once_and_a_fault_until_it_succeeds(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
