@@ -126,8 +126,14 @@ def test_ppp_carrier_during_negotiation(lab: Lab, wb: Wanbalanced) -> None:
     """A ppp device has no carrier of its own: pppd keeps it down until
     IPCP is up, and once up it shows LOWER_UP at once."""
     wb.start()
-    lab.hang_up(1, redial=False)
-    lab.wait_until(lambda: lab.link_exists("wan1"), 5, what="wan1 recreated, negotiating")
+
+    def recreated(old: int) -> bool:
+        # The new device: the old one is still there until pppd deletes it.
+        link = lab.link("wan1")
+        return link is not None and link["ifindex"] != old
+
+    old = lab.hang_up(1, redial=False)
+    lab.wait_until(lambda: recreated(old), 5, what="wan1 recreated, negotiating")
     time.sleep(1.5)  # LCP Configure-Requests go unanswered meanwhile
     link = lab.link("wan1")
     assert link is not None
@@ -153,8 +159,8 @@ def test_ppp_carrier_during_negotiation(lab: Lab, wb: Wanbalanced) -> None:
 
     # Set up by hand before IPCP, the device has LOWER_UP at once: the
     # daemon cannot tell it from a negotiated line (probes can).
-    lab.hang_up(1, redial=False)
-    lab.wait_until(lambda: lab.link_exists("wan1") and not lab.attached("wan1"), 5)
+    old = lab.hang_up(1, redial=False)
+    lab.wait_until(lambda: recreated(old) and not lab.attached("wan1"), 5, what="wan1 recreated, not attached")
     ip("link", "set", "wan1", "up")
     link = lab.link("wan1")
     assert link is not None and "LOWER_UP" in link["flags"]
