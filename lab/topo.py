@@ -770,8 +770,14 @@ class Lab:
         table = str(VRF_TABLE_BASE + i)
         return any(r.get("dst") == LOCAL_PREFIX for r in routes(self.far(i), table=table, ns=NS))
 
-    def wait_line_up(self, i: int, timeout: float = 15.0) -> float:
-        """Wait until PPP or PPPoE line i is up; the seconds it took."""
+    def wait_line_up(self, i: int, timeout: float = 30.0) -> float:
+        """Wait until PPP or PPPoE line i is up; the seconds it took.
+
+        After ``redial(i)`` a dial that was under way while the far end was held
+        may have to time out first (LCP: 10 requests 1 s apart; PPPoE
+        discovery: its own retries), then pppd waits its holdoff (1 s): over
+        10 s before the dial that succeeds, more in a slow guest (a PPPoE
+        redial missed 15 s once on 6.1)."""
         return wait_until(lambda: self.line_up(i), timeout, 0.05, what=f"line {i} ({self.kinds[i]}) up")
 
     @staticmethod
