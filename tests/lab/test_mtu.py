@@ -226,9 +226,17 @@ def test_a_reopen_puts_back_the_ipv6_address_and_default_route_it_flushed(lab: L
         log = wb.log()
         assert log.count("ip link set teql0 down") == 1, log
         reopen = log[log.index("ip link set teql0 down"):]
-        assert f"ip addr replace {LOCAL_ADDR6}/128 dev teql0" in reopen, reopen
+        # Put back by the reopen's own pass, not as a repair of drift.
+        first = re.search(rf"ip addr replace {re.escape(LOCAL_ADDR6)}/128 dev teql0 .*?\((configured address missing|"
+                          r"drift)", reopen)
+        assert first is not None and first.group(1) == "configured address missing", reopen
         assert "ip -6 route replace default dev teql0" in reopen, reopen
-        assert "drift" not in log
+        # In a slow guest the loop can still plan once on the flush's
+        # announcement and put them back a second time (docs/caveats.md): at
+        # most once each, and nothing else is drift.
+        drifts = re.findall(r"\(drift: ([^;)]*)", log)
+        assert set(drifts) <= {"the address of teql0 was removed", "the default route via teql0 was deleted"}, log
+        assert len(drifts) == len(set(drifts)), log
         # IPv6 works again once the point-to-point line (IPv4 only here) is gone.
         line.hang_up()
         lab.wait_until(lambda: not lab.attached("wan2"), 5, what="wan2 gone")
