@@ -86,6 +86,10 @@ class KernelEdge(Protocol):
     def events(self) -> AsyncIterator[Event]:
         """Every event, forever; OSError when some were lost."""
 
+    async def barrier(self, timeout: float) -> bool:
+        """True once `events` has handed on all the kernel had announced when
+        this was called; False if not seen within `timeout` seconds."""
+
     async def execute(self, action: Action) -> None:
         """One action; netlink.KernelError with the kernel's errno."""
 
@@ -96,10 +100,11 @@ READER = "netlink events"
 MAX_QUEUED_EVENTS = 20_000
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 MAX_PASSES = 8  # plan/execute passes per wake-up; more means the kernel fights back
-# After our writes, turns of the event loop without a new event before the
-# reader counts as caught up (a datagram takes two: read, then parsed), and
-# the most turns to wait for that, in case the kernel never falls silent.
-CATCH_UP_IDLE_TURNS, CATCH_UP_MAX_TURNS = 4, 2_000
+# After our writes, how long the loop waits for the event reader to reach the
+# barrier behind their announcements (Kernel.barrier): a round trip to the
+# kernel, or the few milliseconds until it announces an IPv6 address; more
+# only if an announcement never comes, and then the plan goes ahead as before.
+BARRIER_TIMEOUT = 0.5
 
 
 @dataclass
@@ -461,14 +466,11 @@ class Daemon:
         acknowledges the write, but the reader takes one datagram per turn of
         the loop. Woken by part of them, the next plan would see a state older
         than our writes and "repair" it: a reopen's flush of teql0's IPv6
-        address, announced after the daemon had added it back, read as drift."""
-        idle = 0
-        for _ in range(CATCH_UP_MAX_TURNS):
-            before = self._queue.qsize()
-            await asyncio.sleep(0)
-            idle = 0 if self._queue.qsize() != before else idle + 1
-            if idle >= CATCH_UP_IDLE_TURNS:
-                return
+        address, announced after the daemon had added it back, read as drift.
+        The barrier's answer is queued behind them all (and the kernel's late
+        word on IPv6 addresses is waited for too)."""
+        if not await self.kernel.barrier(BARRIER_TIMEOUT):
+            log.debug("the event reader did not reach the barrier behind our writes in %.1f s", BARRIER_TIMEOUT)
 
     async def _execute(self, action: Action, woke: float | None) -> bool:
         try:

@@ -9,13 +9,14 @@ cancelled requests to the listener.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
+from ipaddress import IPv4Interface, IPv6Address, IPv6Interface, ip_interface, ip_network
 from typing import Any, TypeVar
 
 from . import _pyroute2  # noqa: F401 - first: pyroute2 without its package __init__
@@ -63,8 +64,13 @@ T = TypeVar("T")
 TC_H_ROOT = 0xFFFFFFFF
 NLM_F_REPLACE = 0x100
 RTNLGRP_IPV4_NETCONF = 24  # sysctl changes such as rp_filter, as events
-RTM_NEWNETCONF = 80
+RTM_NEWNETCONF, RTM_GETNETCONF = 80, 82
 NETCONFA_IFINDEX_ALL = -1
+# Sequence numbers of the event socket's own requests (Kernel.barrier). The
+# kernel's notifications carry 0, or the number of the request that caused
+# them, which only our request socket's pool (from 1) or other processes
+# choose; and a netconf message is only ever a notification (0) or an answer.
+BARRIER_SEQ_FIRST, BARRIER_SEQ_SPAN = 0x5742_0000, 0x1_0000
 NLM_F_DUMP_INTR = 0x10
 DUMP_RETRIES = 5
 GROUPS = (RTMGRP_LINK | RTMGRP_TC | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
@@ -309,6 +315,10 @@ class Kernel:
         self.counts = Counts()  # dropped datagrams and messages, both sockets
         self.teql: set[int] = set()  # ifindexes of teqlN devices, for the route screen
         self.strict = False  # strict-checked dumps: the kernel filters route dumps
+        self._barriers: dict[int, asyncio.Future[bool]] = {}  # sequence number -> its waiter
+        self._barrier_count = 0
+        # IPv6 addresses we added whose RTM_NEWADDR is still to come (see add_address).
+        self._unannounced: dict[tuple[int, IPv6Address], asyncio.Future[None]] = {}
 
     async def open(self, listen: bool = True) -> None:
         """Open both sockets; bind the listener before any dump so that no change
@@ -329,6 +339,9 @@ class Kernel:
     async def resubscribe(self) -> None:
         if self._events is not None:
             self._events.close()
+        for seq in list(self._barriers):
+            self._reached(seq, False)  # their answers went with the old socket
+        self._unannounced.clear()  # the dump that follows a resubscription sees them
         self._events = AsyncIPRoute()
         try:
             # Past rmem_max; needs CAP_NET_ADMIN, which the daemon has anyway.
@@ -446,12 +459,89 @@ class Kernel:
         return snap
 
     async def events(self) -> AsyncIterator[Msg]:
-        """Every multicast message, forever. Raises OSError(ENOBUFS) on loss."""
+        """Every multicast message, forever. Raises OSError(ENOBUFS) on loss.
+
+        The answers to `barrier` are taken out here, where everything the
+        kernel queued before them has been handed on."""
         assert self._events is not None, "Kernel.open() first"
         while True:
-            # pyroute2's get() ends after one datagram.
-            async for msg in self._events.get():
-                yield msg
+            try:
+                # pyroute2's get() ends after one datagram.
+                async for msg in self._events.get():
+                    header = msg["header"]
+                    seq = header.get("sequence_number", 0)
+                    if header.get("type") == RTM_NEWNETCONF and \
+                            BARRIER_SEQ_FIRST <= seq < BARRIER_SEQ_FIRST + BARRIER_SEQ_SPAN:
+                        self._reached(seq, True)
+                        continue
+                    if self._unannounced and msg.get("event") == "RTM_NEWADDR" and msg.get("family") == socket.AF_INET6:
+                        self._announced(msg)
+                    yield msg
+            except NetlinkError as e:
+                # Notifications are never errors: this answers a barrier (and
+                # pyroute2 does not say which). It is not an event lost.
+                log.warning("the kernel refused a barrier on the event socket: %s", e)
+                for seq in list(self._barriers):
+                    self._reached(seq, False)
+
+    def _announced(self, msg: Msg) -> None:
+        try:
+            key = (int(msg.get("index")), IPv6Address(msg.get_attr("IFA_ADDRESS")))
+        except (TypeError, ValueError):
+            return  # not ours to judge: apply_event will
+        waiter = self._unannounced.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _reached(self, seq: int, ok: bool) -> None:
+        waiter = self._barriers.pop(seq, None)  # none: the barrier gave up waiting
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ok)
+
+    async def barrier(self, timeout: float) -> bool:
+        """Return True once `events` has handed on every message the kernel had
+        queued on the event socket when this was called; False if that was not
+        seen within `timeout` seconds (or no socket listens).
+
+        A request on the event socket itself: the kernel queues its answer
+        behind what it has already queued there, in order. The request asks
+        for the "all" IPv4 netconf, a few dozen bytes that cannot fail.
+
+        The kernel announces an IPv6 address it adds later, from a work queue
+        (DAD's, even with nodad), after it has acknowledged the write and
+        answered a barrier: so this also waits for the RTM_NEWADDR of each
+        IPv6 address added before it was called."""
+        if self._events is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        unannounced = list(self._unannounced.values())
+        self._barrier_count += 1
+        seq = BARRIER_SEQ_FIRST + self._barrier_count % BARRIER_SEQ_SPAN
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._barriers[seq] = waiter
+        request = netconfmsg()
+        request["family"] = socket.AF_INET
+        request["attrs"] = [("NETCONFA_IFINDEX", NETCONFA_IFINDEX_ALL)]
+        request["header"]["type"] = RTM_GETNETCONF
+        request["header"]["flags"] = NLM_F_REQUEST
+        request["header"]["sequence_number"] = seq
+        request.encode()
+        try:
+            self._events.send(request.data)
+            async with asyncio.timeout_at(deadline):
+                if not await waiter:
+                    return False
+                for announced in unannounced:
+                    await announced
+            return True
+        except (OSError, TimeoutError) as e:
+            log.debug("barrier on the event socket not reached: %r", e)
+            return False
+        finally:
+            self._barriers.pop(seq, None)
+            for key in [k for k, w in self._unannounced.items() if w in unannounced]:
+                del self._unannounced[key]  # never announced: no longer waited for
 
     async def execute(self, action: Action) -> None:
         """Perform one action; raise KernelError with the kernel's errno."""
@@ -489,8 +579,17 @@ class Kernel:
 
     async def add_address(self, index: int, address: IPv4Interface | IPv6Interface, flags: int) -> None:
         # A replace: an address the kernel kept (keep_addr_on_down) is no error.
-        await self._req.addr("replace", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
-                             flags=flags)
+        key = (index, address.ip) if isinstance(address, IPv6Interface) else None
+        if key is not None and self._events is not None:
+            # Before the write: the announcement may come before its answer is read.
+            self._unannounced[key] = asyncio.get_running_loop().create_future()
+        try:
+            await self._req.addr("replace", index=index, address=str(address.ip),
+                                 prefixlen=address.network.prefixlen, flags=flags)
+        except BaseException:
+            if key is not None:
+                self._unannounced.pop(key, None)
+            raise
 
     async def delete_address(self, index: int, address: IPv4Interface | IPv6Interface) -> None:
         await self._req.addr("del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)

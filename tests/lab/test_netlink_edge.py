@@ -3,11 +3,15 @@ differently, and messages that do not come from the kernel."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
 import subprocess
 import time
+from ipaddress import IPv6Interface
+
+import pytest
 
 from lab.daemon import Wanbalanced
 from lab.topo import NS, Lab, batch, ip, load_module, rp_filter, set_rp_filter
@@ -128,3 +132,64 @@ def test_foreign_malformed_messages_do_not_stop_event_handling(lab: Lab, wb: Wan
     assert wb.proc.poll() is None, "the daemon is still running"
     log = wb.log()
     assert "CRITICAL" not in log and "Traceback" not in log, log
+
+
+@pytest.mark.lab_setup(ipv6=True)
+def test_a_barrier_is_reached_after_everything_announced_before_it(lab: Lab) -> None:
+    # Kernel.barrier, on the real kernel: a burst of changes made by another
+    # socket (as `ip` would) is announced on the event socket; the barrier
+    # asked for after the burst must be reached only once events() has handed
+    # on every announcement, and its answer must never be handed on itself.
+    from wanbalanced.netlink import BARRIER_SEQ_FIRST, RTM_NEWNETCONF, Kernel
+
+    count = 300
+    ADDR6 = "2001:db8:254::1/128"
+    added = {f"10.254.{i // 200}.{i % 200 + 1}" for i in range(count)}
+
+    async def burst_then_barrier() -> tuple[bool, int, int, list[bool], float]:
+        kernel = Kernel()
+        await kernel.open()
+        seen: set[str] = set()
+        leaked = 0
+
+        async def read() -> None:
+            nonlocal leaked
+            async for msg in kernel.events():
+                header = msg["header"]
+                if header.get("type") == RTM_NEWNETCONF and header.get("sequence_number", 0) >= BARRIER_SEQ_FIRST:
+                    leaked += 1
+                elif msg.get("event") == "RTM_NEWADDR":
+                    seen.add(msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
+
+        reader = asyncio.create_task(read())
+        try:
+            await asyncio.sleep(0.1)  # the reader is waiting on the socket
+            # Another program's writes; run blocking, so the burst queues up unread.
+            batch([("addr", "add", f"{address}/32", "dev", "lo") for address in sorted(added)])
+            reached = await kernel.barrier(10.0)
+            at_barrier = len(seen & added)
+            # The kernel announces an IPv6 address from a work queue, after it
+            # has acknowledged the write and answered a barrier.
+            await kernel.add_address(1, IPv6Interface(ADDR6), 0)
+            reached6 = await kernel.barrier(10.0)
+            seen6 = ADDR6.split("/")[0] in seen
+            # With nothing announced, a barrier is one round trip.
+            t0 = time.monotonic()
+            idle = [await kernel.barrier(10.0) for _ in range(20)]
+            per_barrier = (time.monotonic() - t0) / 20
+            await asyncio.sleep(0.2)
+            return reached and reached6 and seen6, at_barrier, leaked, idle, per_barrier
+        finally:
+            reader.cancel()
+            kernel.close()
+
+    try:
+        reached, at_barrier, leaked, idle, per_barrier = asyncio.run(burst_then_barrier())
+    finally:
+        ip("addr", "flush", "dev", "lo", "to", "10.254.0.0/16")
+        ip("addr", "del", ADDR6, "dev", "lo", check=False)
+    print(f"barrier reached after {at_barrier} of {count} announcements; idle barrier {per_barrier * 1000:.2f} ms")
+    assert reached
+    assert at_barrier == count
+    assert idle == [True] * 20
+    assert leaked == 0

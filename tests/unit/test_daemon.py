@@ -42,18 +42,26 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Non
     return wrapper
 
 
+@dataclasses.dataclass
+class Barrier:
+    """The kernel's answer to a barrier, in the fake's event stream."""
+
+    reached: asyncio.Future[bool]
+
+
 class FakeKernel:
     """The kernel edge (daemon.KernelEdge, which mypy checks it against) over
     a Snapshot as its truth."""
 
     def __init__(self, truth: Snapshot) -> None:
         self.truth = truth
-        self.events_in: asyncio.Queue[Event | Exception] = asyncio.Queue()
+        self.events_in: asyncio.Queue[Event | Exception | Barrier] = asyncio.Queue()
         self.executed: list[str] = []
         self.failures: dict[str, list[int]] = {}  # command -> errnos to raise, in turn
         self.dumps = 0
         self.dumped_tables: list[Collection[int]] = []
         self.resubscribed = 0
+        self.barriers = 0
 
     async def open(self, listen: bool = True) -> None:
         pass
@@ -75,9 +83,27 @@ class FakeKernel:
     async def events(self) -> AsyncIterator[Event]:
         while True:
             item = await self.events_in.get()
+            if isinstance(item, Barrier):
+                item.reached.set_result(True)
+                continue
             if isinstance(item, Exception):
                 raise item
             yield item
+
+    async def barrier(self, timeout: float) -> bool:
+        # As the kernel does: the answer is queued behind what was announced.
+        self.barriers += 1
+        marker = Barrier(asyncio.get_running_loop().create_future())
+        self.announce(marker)
+        try:
+            async with asyncio.timeout(timeout):
+                return await marker.reached
+        except TimeoutError:
+            return False
+
+    def announce(self, item: Event | Barrier) -> None:
+        """Queue a message on the event socket (a subclass may delay it)."""
+        self.events_in.put_nowait(item)
 
     async def execute(self, action: Action) -> None:
         pending = self.failures.get(action.command())
@@ -567,31 +593,36 @@ async def test_the_mtu_hold_running_out_wakes_the_loop_to_raise_teql0() -> None:
 
 class AnnouncingKernel(FakeKernel):
     """A fake that announces the IPv6 address a reopen flushes and the one the
-    daemon adds back, as the kernel does: in order, each datagram a turn of the
-    event loop behind the acknowledgement of the write that caused it."""
+    daemon adds back, as the kernel does: in order, behind the acknowledgement
+    of the write that caused them, and each datagram a while after the last
+    (a slow guest, a busy reader). A barrier's answer queues behind them."""
 
     V6 = "2001:db8:ff::a"
+    DELAY = 0.01  # per datagram: far more turns of the loop than a guess at "caught up" would wait
 
     def __init__(self, truth: Snapshot) -> None:
         super().__init__(truth)
-        self.backlog: asyncio.Queue[Event] = asyncio.Queue()
+        self.backlog: asyncio.Queue[Event | Barrier] = asyncio.Queue()
         self.trickler: asyncio.Task[None] | None = None
 
     async def _trickle(self) -> None:
         while True:
             msg = await self.backlog.get()
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.DELAY)
             self.events_in.put_nowait(msg)
+
+    def announce(self, item: Event | Barrier) -> None:
+        if self.trickler is None:
+            self.trickler = asyncio.create_task(self._trickle())
+        self.backlog.put_nowait(item)
 
     async def execute(self, action: Action) -> None:
         await super().execute(action)
-        if self.trickler is None:
-            self.trickler = asyncio.create_task(self._trickle())
         flags = IFA_F_NOPREFIXROUTE | IFA_F_NODAD
         if action.command() == "ip link set teql0 down":
-            self.backlog.put_nowait(addr_msg("RTM_DELADDR", 2, self.V6, 128, flags))
+            self.announce(addr_msg("RTM_DELADDR", 2, self.V6, 128, flags))
         elif action.command().startswith(f"ip addr replace {self.V6}/128"):
-            self.backlog.put_nowait(addr_msg("RTM_NEWADDR", 2, self.V6, 128, flags))
+            self.announce(addr_msg("RTM_NEWADDR", 2, self.V6, 128, flags))
 
 
 @run_async
@@ -613,7 +644,7 @@ async def test_the_next_plan_waits_for_the_kernels_word_on_our_own_writes() -> N
     kernel.events_in.put_nowait(link_msg("RTM_NEWLINK", 11, "wan1"))
     await until(lambda: "ip link set teql0 up" in kernel.executed)
     await until(lambda: kernel.backlog.empty() and kernel.events_in.empty())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.1)
     assert kernel.executed[:5] == ["sysctl -w net.ipv4.conf.wan1.rp_filter=0", "ip link set teql0 down",
                                    "tc qdisc add dev wan1 root teql0", "ip link set teql0 up",
                                    f"ip addr replace {AnnouncingKernel.V6}/128 dev teql0 noprefixroute nodad"]
