@@ -68,6 +68,9 @@ class Fault:
     kind: FaultKind
     device: str
     message: str
+    # Already logged where it arose (a failed write, with its retry delay):
+    # its appearance is not logged again, its resolution is.
+    logged: bool = field(default=False, compare=False)
 
     @property
     def key(self) -> str:

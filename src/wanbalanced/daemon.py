@@ -456,7 +456,7 @@ class Daemon:
             if not backoff.quiet and action.device not in faults:
                 faults[action.device] = Fault("write_failed", action.device,
                                               f"{action.device}: {backoff.error}; retried with back-off until it "
-                                              "succeeds")
+                                              "succeeds", logged=True)  # by _failed, with its delay
         return tuple(faults.values())
 
     async def _catch_up(self) -> None:

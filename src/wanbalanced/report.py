@@ -95,8 +95,7 @@ class Reporter:
     def update_faults(self, faults: tuple[Fault, ...]) -> None:
         now = {f.key: f for f in faults}
         for key, fault in now.items():
-            # A failed write was logged by `failed`, with its retry delay.
-            if key not in self.faults and fault.kind != "write_failed":
+            if key not in self.faults and not fault.logged:
                 log.error("%s", fault.message, extra=fields(**self._where(fault.device), event="fault",
                                                             fault=fault.kind, reason=fault.message))
         for key, fault in self.faults.items():
