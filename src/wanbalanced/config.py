@@ -17,6 +17,7 @@ from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv
                        ip_interface, ip_network)
 from typing import Annotated, Any, Iterable, Literal
 
+from . import _pydantic  # noqa: F401 - first: pydantic without its plugin loader's import
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator,
                       ValidationError, ValidationInfo, model_validator)
 

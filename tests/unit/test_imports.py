@@ -6,8 +6,10 @@ imported everything."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def _modules_after(code: str) -> set[str]:
@@ -57,3 +59,44 @@ def test_the_daemon_loads_prometheus_client_only_to_render() -> None:
             "print(before, 'prometheus_client' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]
+
+
+def _plugin_on_path(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An installed pydantic plugin (a distribution with a `pydantic` entry
+    point) whose import leaves a mark: the environment that puts it on the path."""
+    site = tmp_path / "site"
+    dist = site / "markplugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: markplugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[pydantic]\nmark = markplugin:plugin\n")
+    mark = tmp_path / "imported"
+    (site / "markplugin.py").write_text(
+        f"open({str(mark)!r}, 'w').close()\n"
+        "class Plugin:\n    def new_schema_validator(self, *args, **kwargs):\n        return None, None, None\n"
+        "plugin = Plugin()\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), *sys.path]))
+    env.pop("PYDANTIC_DISABLE_PLUGINS", None)
+    return env, mark
+
+
+def test_no_pydantic_plugin_runs_in_the_daemon_nor_is_looked_for(tmp_path: Path) -> None:
+    env, mark = _plugin_on_path(tmp_path)
+    # Beside plain pydantic, the plugin is found and imported: the test can fail.
+    subprocess.run([sys.executable, "-c", "from pydantic import BaseModel\nclass M(BaseModel):\n    x: int\n"],
+                   env=env, check=True)
+    assert mark.exists()
+    mark.unlink()
+    code = ("import sys\nfrom wanbalanced.config import parse_config\n"
+            "cfg = parse_config('[equalizers.teql0]\\nslaves = [\"wan0\"]\\n')\n"
+            "assert list(cfg.equalizers['teql0'].slaves) == ['wan0']\n"
+            "print('importlib.metadata' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]  # not even the import that looks for plugins
+    assert not mark.exists()
+
+
+def test_the_rest_of_pydantics_plugin_loader_is_its_own() -> None:
+    code = ("import wanbalanced.config\nimport pydantic.plugin._loader as loader\n"
+            "print(list(loader.get_plugins()), loader.PYDANTIC_ENTRY_POINT_GROUP, list(loader.get_plugins()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[]", "pydantic", "[]"]
