@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,6 +73,8 @@ SPEC_ENV = "WB_LAB_KERNEL"
 #: ``off`` boots every kernel in ptrace mode, even one that offers seccomp mode.
 SECCOMP_ENV = "WB_LAB_SECCOMP"
 MODULES_ENV = "WB_LAB_MODULES"
+#: ``all`` lets a guest run on every CPU the lab may use; a number pins it there.
+CPU_ENV = "WB_LAB_CPU"
 AUTO, PACKAGED, NEWEST = "auto", "packaged", "newest"
 
 PACKAGED_BINARY = "/usr/bin/linux.uml"
@@ -477,6 +479,40 @@ def verdict_from_console(lines: Sequence[str], reached: bool, timed_out: bool, r
     return f"exited with status {rc} before init ({last})"
 
 
+def guest_cpu(env: Mapping[str, str] | None = None, allowed: set[int] | None = None) -> int | None:
+    """The one host CPU a guest runs on, or None for all of them.
+
+    A UML guest is one CPU, run by several host processes (the kernel and a
+    stub per guest process) that hand it to each other on every system call
+    and page fault. On different host CPUs each handover wakes an idle CPU:
+    a guest's system call measured 25-50 µs so, and 3.3 µs on one CPU, and
+    timings swung by 2x from boot to boot. Pinned, the guest behaves like the
+    one-CPU machine it is. ``$WB_LAB_CPU``: ``all``, or the CPU to use; by
+    default the last one this process may use."""
+    allowed = os.sched_getaffinity(0) if allowed is None else allowed
+    wanted = (os.environ if env is None else env).get(CPU_ENV, "").strip().lower()
+    if wanted == "all" or len(allowed) < 2:
+        return None
+    if wanted:
+        try:
+            cpu = int(wanted)
+        except ValueError:
+            raise SystemExit(f"lab: {CPU_ENV}={wanted!r}: expected 'all' or a CPU number") from None
+        if cpu not in allowed:
+            raise SystemExit(f"lab: {CPU_ENV}={cpu}: this process may use CPUs {sorted(allowed)} only")
+        return cpu
+    return max(allowed)
+
+
+def on_guest_cpu() -> Callable[[], None] | None:
+    """For ``subprocess.Popen(preexec_fn=...)``: start the guest on `guest_cpu`
+    (its host processes inherit it)."""
+    cpu = guest_cpu()
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def _seccomp_wanted() -> bool:
     return os.environ.get(SECCOMP_ENV, "").strip().lower() not in ("off", "0", "no")
 
@@ -497,7 +533,7 @@ def _probe_boot(kernel: Kernel, extra: Sequence[str] = ()) -> tuple[BootCheck, l
     try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=workdir, start_new_session=True,
+            cwd=workdir, start_new_session=True, preexec_fn=on_guest_cpu(),
         )
     except OSError as exc:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -773,6 +809,9 @@ def select(spec: str | None = None, *, log: Log = _say) -> Selection:
         )
         _selected[spec] = sel
         log(sel.line())
+        cpu = guest_cpu()
+        log(f"lab: its guests run on host CPU {cpu} only ({CPU_ENV}=all: on every CPU)" if cpu is not None
+            else "lab: its guests run on every host CPU")
     return _selected[spec]
 
 

@@ -249,6 +249,7 @@ def run_in_guest(
             stderr=subprocess.STDOUT,
             cwd=str(jobdir),
             start_new_session=True,
+            preexec_fn=lab_kernel.on_guest_cpu(),
         )
         in_job = False
 

@@ -213,6 +213,7 @@ def run_job(
             stderr=subprocess.STDOUT,
             cwd=str(results),
             start_new_session=True,
+            preexec_fn=lab_kernel.on_guest_cpu(),
         )
         timed_out = False
         driver_seconds: float | None = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -334,3 +336,26 @@ def test_every_guest_boots_with_what_the_check_found() -> None:
     assert argv[0] == "/k/linux.uml" and argv[-2:] == ["WB_JOB=/j", lk.SECCOMP_ARG]
     assert {"mem=1G", "rootfstype=hostfs", "rootflags=/srv/root", "init=/lib/systemd/systemd", "rw"} <= set(argv)
     assert lk.SECCOMP_ARG not in dataclasses.replace(kernel, args=()).argv(mem="1G", init="/sbin/init")
+
+
+def test_a_guest_runs_on_one_host_cpu_unless_told_otherwise() -> None:
+    cpus = {0, 1, 2, 3}
+    assert lk.guest_cpu({}, cpus) == 3
+    assert lk.guest_cpu({"WB_LAB_CPU": "1"}, cpus) == 1
+    assert lk.guest_cpu({"WB_LAB_CPU": "all"}, cpus) is None
+    assert lk.guest_cpu({}, {5}) is None  # one CPU: nothing to choose
+    with pytest.raises(SystemExit, match="expected 'all' or a CPU number"):
+        lk.guest_cpu({"WB_LAB_CPU": "one"}, cpus)
+    with pytest.raises(SystemExit, match=r"may use CPUs \[0, 1, 2, 3\] only"):
+        lk.guest_cpu({"WB_LAB_CPU": "7"}, cpus)
+
+
+def test_the_guests_host_processes_start_on_that_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real child, as the UML binary is started: its affinity is what it inherits.
+    monkeypatch.delenv("WB_LAB_CPU", raising=False)
+    allowed = sorted(os.sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                         preexec_fn=lk.on_guest_cpu(), capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str([max(allowed)] if len(allowed) > 1 else allowed)
+    monkeypatch.setenv("WB_LAB_CPU", "all")
+    assert lk.on_guest_cpu() is None
