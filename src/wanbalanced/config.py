@@ -296,10 +296,23 @@ class DampingConfig(BaseModel):
     half_life: Annotated[Duration, Field(gt=0)] = 60.0
     max_suppress: Annotated[Duration, Field(gt=0)] = 600.0
 
+    @property
+    def ceiling(self) -> float:
+        """The highest penalty: one above it would hold the slave longer than
+        max_suppress. (Past 2**1000 it would overflow a float; no flap rate
+        gets near it.)"""
+        return self.reuse * 2 ** min(self.max_suppress / self.half_life, 1000.0)
+
     @model_validator(mode="after")
     def _thresholds(self) -> DampingConfig:
         if self.reuse >= self.suppress:
             raise ValueError(f"reuse ({self.reuse:g}) must be below suppress ({self.suppress:g})")
+        if self.ceiling < self.suppress:
+            # Else damping is on and can never hold a slave down.
+            raise ValueError(
+                f"max_suppress ({self.max_suppress:g}s) and half_life ({self.half_life:g}s) cap the penalty at "
+                f"{self.ceiling:.0f} (reuse x 2^(max_suppress / half_life)), below suppress ({self.suppress:g}): "
+                "no slave would ever be held down; raise max_suppress or shorten half_life")
         return self
 
 

@@ -47,9 +47,7 @@ class Damping:
         self.penalty = 0.0
         self.at = 0.0  # when `penalty` was last computed
         self.suppressed = False
-        # A penalty above this would hold the slave longer than max_suppress.
-        # (Past 2**1000 it would overflow a float; no flap rate gets near it.)
-        self.ceiling = cfg.reuse * 2 ** min(cfg.max_suppress / cfg.half_life, 1000.0)
+        self.ceiling = cfg.ceiling  # held no longer than max_suppress
 
     def value(self, now: float) -> float:
         return self.penalty * 2 ** (-(now - self.at) / self.cfg.half_life)

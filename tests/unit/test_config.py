@@ -12,8 +12,8 @@ import pytest
 from guards import fail_if_blocked
 from pydantic import ValidationError
 
-from wanbalanced.config import (MAX_CONFIG_SIZE, Config, ConfigError, DaemonConfig, EqualizerConfig, Problem,
-                                SlaveConfig, load_config, parse_config)
+from wanbalanced.config import (MAX_CONFIG_SIZE, Config, ConfigError, DaemonConfig, DampingConfig, EqualizerConfig,
+                                Problem, SlaveConfig, load_config, parse_config)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -668,3 +668,17 @@ from = "default"
     assert "host bits" in found["slaves.wan0.rules[0].from"]
     assert "local table" in found["slaves.wan0.rules[1].table"]
     assert found["slaves.wan0.rules[2].table"] == "required key is missing"
+
+
+def test_damping_that_could_never_hold_a_slave_down_is_refused() -> None:
+    # max_suppress caps the penalty at reuse x 2^(max_suppress / half_life):
+    # 800 x 2^1 = 1600 here, which never reaches suppress (2500).
+    p = only_problem(BASE + '[slaves.wan1.damping]\nhalf_life = "10m"\nmax_suppress = "10m"\n')
+    assert p.path == "slaves.wan1.damping"
+    assert p.message == ("max_suppress (600s) and half_life (600s) cap the penalty at 1600 (reuse x 2^(max_suppress "
+                         "/ half_life)), below suppress (2500): no slave would ever be held down; raise max_suppress "
+                         "or shorten half_life")
+    # A longer max_suppress lets the same half-life suppress; so do the defaults.
+    cfg = parse_config(BASE + '[slaves.wan1.damping]\nhalf_life = "10m"\nmax_suppress = "60m"\n')
+    assert cfg.slaves["wan1"].damping.ceiling == 800 * 2 ** 6
+    assert DampingConfig().ceiling == 800 * 2 ** 10

@@ -539,11 +539,21 @@ def build_damping(b: Builder, s: dict[str, Any], loc: Loc) -> None:
     if (*loc, "suppress") not in b.out.bad and b.spoil():
         d["reuse"] = limit  # not below suppress: reported at the damping table
         b.out.bad.append(loc)
+        reuse = None
     else:
-        b.leaf(d, loc, "reuse", st.floats(0, limit, exclude_min=True, exclude_max=True).map(lambda x: (x, x)),
-               bad_float(1e7), optional=limit > 800)
-    b.leaf(d, loc, "half_life", good_duration(positive=True), bad_duration(0, "0s", "0ms", -0.0))
-    b.leaf(d, loc, "max_suppress", good_duration(positive=True), bad_duration(0, "0s"))
+        reuse = b.leaf(d, loc, "reuse", st.floats(0, limit, exclude_min=True, exclude_max=True).map(lambda x: (x, x)),
+                       bad_float(1e7), optional=limit > 800)
+    half_life = b.leaf(d, loc, "half_life", good_duration(positive=True), bad_duration(0, "0s", "0ms", -0.0))
+    max_suppress = b.leaf(d, loc, "max_suppress", good_duration(positive=True), bad_duration(0, "0s"))
+    keys = ("suppress", "reuse", "half_life", "max_suppress")
+    if loc not in b.out.bad and not any((*loc, k) in b.out.bad for k in keys):
+        # The table is checked as a whole once its fields are good: a penalty
+        # capped below suppress (the defaults where omitted) is refused there.
+        ceiling = (reuse if isinstance(reuse, float) else 800.0) * 2 ** min(
+            (max_suppress if isinstance(max_suppress, float) else 600.0)
+            / (half_life if isinstance(half_life, float) else 60.0), 1000.0)
+        if ceiling < limit:
+            b.out.bad.append(loc)
     b.unknown(d, loc)
 
 
