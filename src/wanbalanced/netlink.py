@@ -483,6 +483,12 @@ class Kernel:
                 log.warning("the kernel refused a barrier on the event socket: %s", e)
                 for seq in list(self._barriers):
                     self._reached(seq, False)
+            except OSError:
+                # Events lost (ENOBUFS): the answers may be among them; the
+                # loop resubscribes and dumps, rather than wait for them.
+                for seq in list(self._barriers):
+                    self._reached(seq, False)
+                raise
 
     def _announced(self, msg: Msg) -> None:
         try:

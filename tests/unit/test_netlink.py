@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from messages import link_msg, qdisc_msg, route_msg
 
 from wanbalanced.actions import Attach, DeleteDefaultRoute, Detach, LinkUp, ReplaceDefaultRoute, SetRpFilter
-from wanbalanced.netlink import apply_event, parse_link, read_rp_filter, write_rp_filter
+from wanbalanced.netlink import (BARRIER_SEQ_FIRST, RTM_NEWNETCONF, Kernel, apply_event, parse_link, read_rp_filter,
+                                 write_rp_filter)
 from wanbalanced.observed import Qdisc, Snapshot
 
 
@@ -195,3 +202,46 @@ def test_link_events_leave_counters_to_the_periodic_dump() -> None:
     assert apply_event(snap, link_msg("RTM_NEWLINK", 5, "wan0", carrier=False, stats={"tx_packets": 99}))
     link = snap.links[5]
     assert not link.has_carrier and link.stats == dumped.stats
+
+
+class _Socket:
+    """Stands in for pyroute2's event socket: hands out `batches`, one
+    datagram per get(), then raises `then`."""
+
+    def __init__(self, batches: list[list[Any]], then: Exception) -> None:
+        self.batches = batches
+        self.then = then
+
+    async def get(self) -> AsyncIterator[Any]:
+        if not self.batches:
+            raise self.then
+        for msg in self.batches.pop(0):
+            yield msg
+
+
+def _netconf_answer(seq: int) -> dict[str, Any]:
+    return {"header": {"type": RTM_NEWNETCONF, "sequence_number": seq}, "event": "RTM_NEWNETCONF"}
+
+
+def test_the_edge_takes_a_barriers_answer_out_where_it_stands_and_fails_it_on_lost_events() -> None:
+    async def scenario() -> tuple[list[Any], bool, bool, bool]:
+        kernel = Kernel()
+        loop = asyncio.get_running_loop()
+        reached: asyncio.Future[bool] = loop.create_future()
+        lost: asyncio.Future[bool] = loop.create_future()
+        kernel._barriers = {BARRIER_SEQ_FIRST + 1: reached, BARRIER_SEQ_FIRST + 2: lost}
+        kernel._events = _Socket([[link_msg("RTM_NEWLINK", 10, "wan0")], [_netconf_answer(BARRIER_SEQ_FIRST + 1)],
+                                  [link_msg("RTM_NEWLINK", 11, "wan1")]],
+                                 OSError(errno.ENOBUFS, "No buffer space available"))
+        events = kernel.events()
+        handed = [await anext(events)]
+        early = reached.done()  # wan0 came before the answer
+        handed.append(await anext(events))  # the answer is taken out on the way to wan1
+        with pytest.raises(OSError):
+            await anext(events)
+        return handed, early, reached.result(), lost.result()
+
+    handed, early, reached, lost = asyncio.run(scenario())
+    assert [m.get_attr("IFLA_IFNAME") for m in handed] == ["wan0", "wan1"]
+    assert not early and reached is True
+    assert lost is False  # events lost: its answer may never come, the loop is not kept waiting
