@@ -47,6 +47,7 @@ POLL_S = 0.02
 TC_H_ROOT = 0xFFFFFFFF
 MAIN_TABLE = 254
 IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
 
 SLAVES = [f"wan{i}" for i in range(N_SLAVES)]
 # Damping is off for every slave: random flaps would otherwise (rightly) hold
@@ -181,8 +182,12 @@ START_S = 30.0
 _SEVEN = int(os.uname().release.split(".")[0]) >= 7
 
 
-@pytest.mark.xfail(_SEVEN, reason="open finding on kernel 7.x: carrier after a SIGKILL restart (docs/caveats.md)",
-                   strict=False)
+def with_carrier(ipr: IPRoute, names: frozenset[str]) -> bool:
+    """Whether every one of `names` is up with its carrier in the kernel."""
+    flags = {msg.get_attr("IFLA_IFNAME"): msg["flags"] for msg in ipr.get_links()}
+    return all(n in flags and flags[n] & IFF_UP and flags[n] & IFF_LOWER_UP for n in names)
+
+
 @pytest.mark.lab_setup(n_slaves=N_SLAVES)
 def test_random_faults_converge(lab: Lab, wb: Wanbalanced) -> None:
     rng = random.Random(SEED)
@@ -256,6 +261,14 @@ def test_random_faults_converge(lab: Lab, wb: Wanbalanced) -> None:
                 fail(round_no, batch, f"the restarted daemon did not converge within {START_S:g}s: {e}")
         t, got = wait_converged(ipr, expected)
         if t is None:
+            missing = expected.attached - got.attached
+            if (_SEVEN and "sigkill_restart" in batch and missing and got.attached <= expected.attached
+                    and with_carrier(ipr, missing)):
+                # Only this symptom is the open finding (docs/caveats.md): any
+                # other failure on 7.x fails the test.
+                pytest.xfail(f"open finding on kernel 7.x (docs/caveats.md): after a SIGKILL restart, "
+                             f"{sorted(missing)} up with carrier but not attached; chaos seed {SEED}, round "
+                             f"{round_no}\n--- daemon log (tail) ---\n{log_tail(wb)}")
             fail(round_no, batch, f"no convergence within {CONVERGE_S:g}s\n"
                                   f"  expected: {expected}\n  actual:   {got}")
         if not alive(wb):
