@@ -176,6 +176,8 @@ mixed = "refuse"
         lab.far_down(0)
         lab.far_down(1)
         lab.wait_until(lambda: lab.attached("wan2"), 5, what="wan2 retried once it is alone")
+        # The attach is the pass's first write; the route follows it a moment later.
+        lab.wait_until(lambda: lab.ping(1, interval=0.05) == 1, 5, what="traffic through wan2")
         assert lab.ping(5, interval=0.05) == 5
     finally:
         line.hang_up()
