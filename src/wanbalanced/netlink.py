@@ -339,8 +339,7 @@ class Kernel:
     async def resubscribe(self) -> None:
         if self._events is not None:
             self._events.close()
-        for seq in list(self._barriers):
-            self._reached(seq, False)  # their answers went with the old socket
+        self._fail_barriers()  # their answers went with the old socket
         self._unannounced.clear()  # the dump that follows a resubscription sees them
         self._events = AsyncIPRoute()
         try:
@@ -481,13 +480,11 @@ class Kernel:
                 # Notifications are never errors: this answers a barrier (and
                 # pyroute2 does not say which). It is not an event lost.
                 log.warning("the kernel refused a barrier on the event socket: %s", e)
-                for seq in list(self._barriers):
-                    self._reached(seq, False)
+                self._fail_barriers()
             except OSError:
                 # Events lost (ENOBUFS): the answers may be among them; the
                 # loop resubscribes and dumps, rather than wait for them.
-                for seq in list(self._barriers):
-                    self._reached(seq, False)
+                self._fail_barriers()
                 raise
 
     def _announced(self, msg: Msg) -> None:
@@ -498,6 +495,10 @@ class Kernel:
         waiter = self._unannounced.pop(key, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _fail_barriers(self) -> None:
+        for seq in list(self._barriers):
+            self._reached(seq, False)
 
     def _reached(self, seq: int, ok: bool) -> None:
         waiter = self._barriers.pop(seq, None)  # none: the barrier gave up waiting
@@ -524,7 +525,7 @@ class Kernel:
         unannounced = list(self._unannounced.values())
         self._barrier_count += 1
         seq = BARRIER_SEQ_FIRST + self._barrier_count % BARRIER_SEQ_SPAN
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[bool] = loop.create_future()
         self._barriers[seq] = waiter
         request = netconfmsg()
         request["family"] = socket.AF_INET
